@@ -1,0 +1,18 @@
+# Benchmarks, included by the main Makefile: `make bench` (full run) and `make bench-ci`
+# (the short run CI executes after the tests). Results go to benchmarks/results/.
+BENCH_MPL := $(VENV)/.bench-matplotlib
+
+.PHONY: bench bench-ci
+
+$(BENCH_MPL): $(STAMP)
+	$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install --quiet matplotlib \
+		|| echo "matplotlib could not be installed: the run will have no chart"
+	touch $(BENCH_MPL)
+
+bench: $(STAMP) $(BENCH_MPL)
+	@bash .ci/services
+	$(PY) -m benchmarks.run --mode full
+
+bench-ci: $(STAMP) $(BENCH_MPL)
+	@bash .ci/services
+	$(PY) -m benchmarks.run --mode ci

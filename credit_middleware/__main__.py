@@ -1,0 +1,9 @@
+"""``python -m credit_middleware``: the operator's CLI."""
+
+from __future__ import annotations
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,233 @@
+"""``credit-middleware``: migrate, balance, history, grant, refund, verify, report."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from .errors import CreditError
+from .ledger import Ledger, Receipt
+
+DEFAULT_URL = "sqlite:///./credits.db"
+_DURATION = re.compile(r"^(\d{1,6})([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` → timedelta."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30d, 12h or 90m")
+    value = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    if value <= timedelta(0):
+        raise argparse.ArgumentTypeError("the duration must be positive")
+    return value
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2, default=str) if args.json else text)
+
+
+def _emit_receipt(args: argparse.Namespace, receipt: Receipt, verb: str) -> int:
+    data = {**receipt.entry.to_json(), "replayed": receipt.replayed}
+    done = f"already {verb}" if receipt.replayed else verb
+    text = f"{done} {receipt.entry.amount} to {args.account}; available {receipt.available}"
+    _emit(args, data, text)
+    return 0
+
+
+async def _migrate(ledger: Ledger, args: argparse.Namespace) -> int:
+    applied = await ledger.migrate()
+    version = await ledger.schema_version()
+    _emit(
+        args,
+        {"applied": applied, "version": version},
+        f"schema at version {version}" + (f" (applied {applied})" if applied else " (up to date)"),
+    )
+    return 0
+
+
+async def _balance(ledger: Ledger, args: argparse.Namespace) -> int:
+    bal = await ledger.balance(args.account)
+    grants = [
+        {
+            "grant_id": g.grant_id,
+            "source": g.source,
+            "amount": str(g.amount),
+            "remaining": str(g.remaining),
+            "priority": g.priority,
+            "expires_at": g.expires_at.isoformat() if g.expires_at else None,
+        }
+        for g in bal.grants
+    ]
+    data = {
+        "account_id": bal.account_id,
+        "tier": bal.tier,
+        "spendable": str(bal.spendable),
+        "held": str(bal.held),
+        "available": str(bal.available),
+        "grants": grants,
+    }
+    lines = [
+        f"{bal.account_id} ({bal.tier}): available {bal.available}"
+        f" (spendable {bal.spendable}, held {bal.held})"
+    ]
+    for g in grants:
+        lines.append(
+            f"  grant {g['grant_id']:>6} {g['source']:<8} {g['remaining']:>14} of"
+            f" {g['amount']:<14} expires {g['expires_at'] or 'never'}"
+        )
+    _emit(args, data, "\n".join(lines))
+    return 0
+
+
+async def _history(ledger: Ledger, args: argparse.Namespace) -> int:
+    entries = await ledger.history(args.account, limit=args.limit, before=args.before)
+    lines = [
+        f"{e.entry_id:>8} {e.created_at:%Y-%m-%d %H:%M:%S} {e.kind:<8}"
+        f" {e.amount:>14} -> {e.balance_after:>14}  {e.layer or e.route or e.model or ''}"
+        for e in entries
+    ]
+    _emit(args, [e.to_json() for e in entries], "\n".join(lines) or "no entries")
+    return 0
+
+
+async def _grant(ledger: Ledger, args: argparse.Namespace) -> int:
+    if args.create:
+        await ledger.open_account(args.account, tier=args.tier)
+    receipt = await ledger.grant(
+        args.account,
+        args.amount,
+        source=args.source,
+        key=args.key,
+        priority=args.priority,
+        expires_in=args.expires_in,
+        layer="cli",
+    )
+    return _emit_receipt(args, receipt, "granted")
+
+
+async def _refund(ledger: Ledger, args: argparse.Namespace) -> int:
+    receipt = await ledger.refund(
+        args.account, args.amount, entry_id=args.entry, key=args.key, layer="cli"
+    )
+    return _emit_receipt(args, receipt, "refunded")
+
+
+async def _verify(ledger: Ledger, args: argparse.Namespace) -> int:
+    report = await ledger.verify()
+    data = report.to_json()
+    lines = [
+        f"invariant {d.invariant} broken on {d.account_id!r}: {d.detail}"
+        for d in report.discrepancies
+    ]
+    lines.append(
+        ("ok" if report.ok else "FAILED")
+        + f": {report.accounts} accounts, {report.entries} entries,"
+        f" {len(report.discrepancies)} discrepancies"
+    )
+    _emit(args, data, "\n".join(lines))
+    return 0 if report.ok else 1
+
+
+async def _report(ledger: Ledger, args: argparse.Namespace) -> int:
+    from .report import build_report, render_text
+
+    report = await build_report(ledger, since=args.since, until=args.until, top=args.top)
+    print(report.to_json_text() if args.json else render_text(report))
+    return 0
+
+
+def parse_time(text: str) -> datetime:
+    """``2026-11-01`` or an ISO timestamp; without a zone, UTC."""
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-11-01") from None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--database-url",
+        default=os.environ.get("CREDIT_DATABASE_URL", DEFAULT_URL),
+        help="ledger database (default: $CREDIT_DATABASE_URL, then sqlite:///./credits.db)",
+    )
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    parser = argparse.ArgumentParser(prog="credit-middleware", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("migrate", parents=[common], help="create or upgrade the schema")
+    p = sub.add_parser("balance", parents=[common], help="an account's balance and grants")
+    p.add_argument("account")
+    p = sub.add_parser("history", parents=[common], help="an account's entries, newest first")
+    p.add_argument("account")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--before", type=int, default=None, help="entry id to page from")
+    p = sub.add_parser("grant", parents=[common], help="add credits to an account")
+    p.add_argument("account")
+    p.add_argument("amount", help="credits, e.g. 10 or 2.5")
+    p.add_argument("--expires-in", type=parse_duration, default=None, help="e.g. 30d")
+    p.add_argument("--priority", type=int, default=0)
+    p.add_argument("--key", default=None, help="idempotency key")
+    p.add_argument("--source", default="admin", choices=["purchase", "promo", "admin"])
+    p.add_argument("--create", action="store_true", help="open the account if missing")
+    p.add_argument("--tier", default="default", help="tier for --create")
+    p = sub.add_parser("refund", parents=[common], help="return credits to an account")
+    p.add_argument("account")
+    p.add_argument("amount")
+    p.add_argument("--entry", type=int, default=None, help="the charge being refunded")
+    p.add_argument("--key", default=None, help="idempotency key")
+    sub.add_parser(
+        "verify", parents=[common], help="check the ledger's invariants (exit 1 if broken)"
+    )
+    p = sub.add_parser("report", parents=[common], help="provisioning and usage report")
+    p.add_argument("--since", type=parse_time, default=None, help="e.g. 2026-11-01 (UTC)")
+    p.add_argument("--until", type=parse_time, default=None, help="exclusive")
+    p.add_argument("--top", type=int, default=10, help="how many top consumers")
+    return parser
+
+
+_COMMANDS: dict[str, Callable[[Ledger, argparse.Namespace], Awaitable[int]]] = {
+    "migrate": _migrate,
+    "balance": _balance,
+    "history": _history,
+    "grant": _grant,
+    "refund": _refund,
+    "verify": _verify,
+    "report": _report,
+}
+
+
+async def _run(args: argparse.Namespace) -> int:
+    ledger = Ledger(args.database_url)
+    try:
+        if args.command != "migrate":
+            await ledger.migrate()
+        return await _COMMANDS[args.command](ledger, args)
+    finally:
+        await ledger.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return asyncio.run(_run(args))
+    except (CreditError, ValueError) as exc:
+        if args.json:
+            print(json.dumps({"error": type(exc).__name__, "detail": str(exc)}))
+        else:
+            print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""What the library reports about itself: an :class:`Observer` with no-op methods.
+
+Every component takes an optional ``observer``; the Prometheus metrics (``metrics.py``) are one
+implementation, tests can record events with another. Labels passed here are always bounded
+(layers, outcomes, reasons, backends), never an account id.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Observer"]
+
+
+class Observer:
+    """Receives events; subclass and override what you need. Must never raise."""
+
+    def provisioned(self, layer: str, outcome: str) -> None:
+        """A provisioning attempt: outcome is ``created`` (account + trial grant), ``denied``
+        (account without trial, see the policy), ``existing`` (nothing to do), or ``failed``.
+        The signup decorator adds ``timeout`` (over its budget, finishing in the background),
+        ``retry``, ``abandoned`` (retries exhausted), ``deferred`` and ``skipped`` (left to the
+        first request, e.g. an e-mail not verified yet)."""
+
+    def ledger_op(self, kind: str, outcome: str) -> None:
+        """A money operation (``debit``, ``hold``, ``capture``, ``release``, ``refund``,
+        ``expire``): outcome ``ok``, ``replayed``, ``insufficient`` or ``error``."""
+
+    def refused(self, status: int, reason: str) -> None:
+        """A request the middleware refused: 401/402/429/503 with a stable reason."""
+
+    def degraded(self, backend: str, degraded: bool) -> None:
+        """A backend (``redis``, ``database``, ``trial_cap``) entered (True) or left (False)
+        degraded mode."""
+
+    def request_overhead(self, seconds: float) -> None:
+        """Time the middleware itself added to one request."""
+
+
+NULL_OBSERVER = Observer()

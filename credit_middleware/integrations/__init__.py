@@ -1,0 +1,1 @@
+"""Optional integrations (LiteLLM, identity providers); each imports its driver lazily."""

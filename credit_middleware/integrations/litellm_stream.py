@@ -1,0 +1,177 @@
+"""A streamed LLM call, passed through chunk by chunk and billed for what it produced.
+
+The stream settles exactly once, whichever way it ends: exhausted (usage from the final chunk,
+or counted from the chunks), closed early by the client (``aclose``, ``async with``, or dropped
+after a ``break``), or broken by a provider error. What was generated is charged; a stream that
+produced nothing is released. A stream that produced tokens is never billed zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from decimal import Decimal
+from typing import Any
+
+from ..ledger import Receipt
+from .litellm_meter import Meter, MeteredCall
+
+__all__ = ["CreditedStream"]
+
+log = logging.getLogger("credit_middleware.litellm")
+
+
+def _text_of(chunks: list[Any]) -> str:
+    """Everything the model generated in these chunks: content, reasoning, tool calls."""
+    parts: list[str] = []
+    for chunk in chunks:
+        for choice in getattr(chunk, "choices", None) or ():
+            delta = getattr(choice, "delta", None)
+            if delta is None:
+                continue
+            for name in ("content", "reasoning_content"):
+                value = getattr(delta, name, None)
+                if isinstance(value, str):
+                    parts.append(value)
+            for call in getattr(delta, "tool_calls", None) or ():
+                fn = getattr(call, "function", None)
+                for name in ("name", "arguments"):
+                    value = getattr(fn, name, None)
+                    if isinstance(value, str):
+                        parts.append(value)
+    return "".join(parts)
+
+
+class _Tally:
+    """The chunks seen so far and the one settlement of the call's hold."""
+
+    def __init__(self, meter: Meter, call: MeteredCall) -> None:
+        self.meter = meter
+        self.call = call
+        self.chunks: list[Any] = []
+        self.settled = False
+        self.receipt: Receipt | None = None
+
+    async def settle(self, outcome: str) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        self.receipt = await self.meter.shielded(self._settle(outcome))
+
+    def settle_later(self, outcome: str) -> None:
+        if not self.settled:
+            self.settled = True
+            self.meter.spawn(self._settle(outcome))
+
+    def usage(self) -> tuple[int, int, Any]:
+        """(prompt tokens, completion tokens, LiteLLM usage or None) for what was generated."""
+        for chunk in reversed(self.chunks):
+            u = getattr(chunk, "usage", None)
+            if u is not None and (getattr(u, "completion_tokens", 0) or 0) > 0:
+                prompt = int(getattr(u, "prompt_tokens", 0) or 0) or self.call.prompt_tokens
+                return prompt, int(u.completion_tokens), u
+        text = _text_of(self.chunks)
+        completion = 0
+        if text:
+            lm = self.meter.litellm
+            try:
+                completion = int(
+                    lm.token_counter(model=self.call.model, text=text, count_response_tokens=True)
+                )
+            except Exception:
+                completion = 0
+            completion = max(completion, 1)  # text came out: never zero tokens
+        return self.call.prompt_tokens, completion, None
+
+    async def _settle(self, outcome: str) -> Receipt | None:
+        meter, call = self.meter, self.call
+        if not self.chunks:
+            await meter.release(call, outcome)
+            return None
+        prompt, completion, usage = self.usage()
+        cost: Decimal
+        try:
+            cost, source = meter.price(call.model, prompt, completion, call.pricing, usage)
+        except Exception:
+            log.warning("no price for stream %s: charging its estimate", call.request_id)
+            cost, source = call.estimate_usd, "estimate"
+        return await meter.charge(
+            call,
+            cost,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            source=source,
+            outcome=outcome,
+        )
+
+
+class CreditedStream:
+    """Async iterator over a LiteLLM stream's chunks; settles its credit hold when it ends.
+
+    Use ``async for chunk in stream``; to stop early, ``await stream.aclose()`` (or use
+    ``async with stream``). A stream dropped without closing settles in the background
+    (``CreditedLLM.drain()`` waits for it). ``receipt`` is the capture, once settled.
+    """
+
+    def __init__(self, meter: Meter, call: MeteredCall, stream: Any) -> None:
+        self._inner = stream
+        self._iter = stream.__aiter__()
+        self._tally = _Tally(meter, call)
+        self._loop = asyncio.get_running_loop()
+        self.request_id = call.request_id
+
+    @property
+    def receipt(self) -> Receipt | None:
+        return self._tally.receipt
+
+    @property
+    def settled(self) -> bool:
+        return self._tally.settled
+
+    def __aiter__(self) -> CreditedStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._tally.settled:
+            raise StopAsyncIteration
+        try:
+            chunk = await self._iter.__anext__()
+        except StopAsyncIteration:
+            await self._tally.settle("complete")
+            raise
+        except Exception:
+            await self._tally.settle("provider_error")
+            raise
+        except BaseException:
+            await self._tally.settle("cancelled")
+            raise
+        self._tally.chunks.append(chunk)
+        return chunk
+
+    async def aclose(self) -> None:
+        """Stop reading: close the provider stream and charge what was generated so far."""
+        if self._tally.settled:
+            return
+        try:
+            close = getattr(self._inner, "aclose", None)
+            if close is not None:
+                await close()
+        except Exception:
+            log.debug("closing the provider stream failed", exc_info=True)
+        finally:
+            await self._tally.settle("client_closed")
+
+    async def __aenter__(self) -> CreditedStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        tally: _Tally | None = getattr(self, "_tally", None)
+        if tally is None or tally.settled:
+            return
+        # If the loop is already closed, the hold's timeout gives the credits back.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(tally.settle_later, "abandoned")

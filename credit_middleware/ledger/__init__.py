@@ -1,0 +1,18 @@
+"""The credit ledger: exact micro-credit money, grants, holds and an append-only audit trail."""
+
+from __future__ import annotations
+
+from .ledger import Ledger
+from .models import Account, Balance, Discrepancy, Entry, Grant, Hold, Receipt, VerifyReport
+
+__all__ = [
+    "Account",
+    "Balance",
+    "Discrepancy",
+    "Entry",
+    "Grant",
+    "Hold",
+    "Ledger",
+    "Receipt",
+    "VerifyReport",
+]

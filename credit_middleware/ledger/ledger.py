@@ -1,0 +1,650 @@
+"""The public ledger: validation and conversion at the door, the SQL core behind it."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from ..errors import (
+    AccountNotFound,
+    ConfigurationError,
+    IdempotencyConflict,
+    InsufficientCredits,
+    InvalidAmount,
+    LedgerError,
+)
+from ..money import check_account_id, check_key, cost_to_micros, from_micros, to_micros
+from . import _ops, _verify
+from ._executor import AsyncpgExecutor, Conn, Executor, SqliteExecutor
+from ._tx import ACCOUNT_COLS, ENTRY_COLS, GRANT_COLS, HOLD_COLS, Tag, dumps, lock, save, sweep
+from .models import Account, Balance, Entry, Grant, Hold, Receipt, VerifyReport, dt_to_us
+from .schema import current_version, migrate
+
+__all__ = ["Ledger"]
+
+_SOURCES = ("trial", "purchase", "promo", "admin", "refund")
+_MAX_METADATA = 8192
+_TRIAL_BACKDATE_US = 60_000_000  # tolerated clock skew between app processes/hosts
+
+
+def _executor_for(url: str, timeout: float, pool_size: int) -> Executor:
+    scheme = url.split(":", 1)[0].lower()
+    if scheme in ("postgresql", "postgres", "postgresql+asyncpg"):
+        try:
+            import asyncpg  # noqa: F401
+        except ImportError:  # pragma: no cover - depends on the installed extras
+            raise ConfigurationError(
+                "PostgreSQL needs asyncpg: pip install 'credit-middleware[postgres]'"
+            ) from None
+        dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
+        return AsyncpgExecutor(dsn, timeout=timeout, max_size=pool_size)
+    if scheme in ("sqlite", "sqlite+aiosqlite"):
+        return SqliteExecutor(url.replace("sqlite+aiosqlite://", "sqlite://", 1))
+    raise ConfigurationError(
+        f"unsupported database URL scheme {scheme!r}: use sqlite:///path.db or postgresql://..."
+    )
+
+
+def _executor_for_database(database: Any) -> Executor:
+    dialect = str(getattr(getattr(database, "url", None), "dialect", ""))
+    if dialect == "sqlite":
+        return SqliteExecutor(database=database)
+    raise ConfigurationError(
+        f"a databases.Database of dialect {dialect!r} is not supported: pass a SQLite one, or"
+        " give PostgreSQL as a URL (the ledger runs it on its own asyncpg pool)"
+    )
+
+
+def _metadata(value: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ValueError("metadata must be a mapping")
+    try:
+        size = len(json.dumps(dict(value), default=str))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"metadata must be JSON-serialisable: {exc}") from None
+    if size > _MAX_METADATA:
+        raise ValueError(f"metadata is larger than {_MAX_METADATA} bytes")
+    return value
+
+
+def _priority(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or abs(value) > 10**6:
+        raise ValueError("priority must be an int within ±1,000,000")
+    return value
+
+
+def _label(value: str | None, field: str) -> str | None:
+    if value is not None and (not isinstance(value, str) or len(value) > 255 or "\x00" in value):
+        raise ValueError(f"{field} must be a str of at most 255 characters without NUL")
+    return value
+
+
+class Ledger:
+    """Accounts, grants, holds and an append-only audit trail, with exact µc money.
+
+    ``Ledger("sqlite:///credits.db")`` is the embedded default; ``Ledger("postgresql://...")``
+    serves many processes and hosts. Connections open lazily on first use.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        database: Any = None,
+        executor: Executor | None = None,
+        clock: Callable[[], float] = time.time,
+        timeout: float = 5.0,
+        pool_size: int = 10,
+        fast_path: bool = True,
+    ) -> None:
+        if executor is None:
+            if database is not None:
+                executor = _executor_for_database(database)
+            else:
+                executor = _executor_for(url or "sqlite:///./credits.db", timeout, pool_size)
+        self._x = executor
+        self._clock = clock
+        self._fast_path = fast_path
+        self.url = url
+
+    @property
+    def dialect(self) -> str:
+        return self._x.dialect
+
+    def now_us(self) -> int:
+        return int(self._clock() * 1_000_000)
+
+    async def __aenter__(self) -> Ledger:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._x.close()
+
+    async def migrate(self) -> list[int]:
+        """Create or upgrade the schema; safe when several processes start at once."""
+        return await migrate(self._x, self.now_us())
+
+    async def schema_version(self) -> int:
+        return await current_version(self._x)
+
+    # ------------------------------------------------------------------ writes
+
+    async def open_account(
+        self,
+        account_id: str,
+        *,
+        tier: str = "default",
+        cohort: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> tuple[Account, bool]:
+        """Create the account if missing. Returns (account, created)."""
+        account_id = check_account_id(account_id)
+        _label(tier, "tier")
+        _label(cohort, "cohort")
+        async with self._tx() as conn:
+            row, created = await _ops.open_account(
+                conn, self.now_us(), account_id, tier, cohort, _metadata(metadata)
+            )
+        return Account.from_row(row), created
+
+    async def grant(
+        self,
+        account_id: str,
+        amount: Decimal | int | str,
+        *,
+        source: str = "purchase",
+        key: str | None = None,
+        priority: int = 0,
+        effective_at: datetime | None = None,
+        expires_at: datetime | None = None,
+        expires_in: timedelta | None = None,
+        layer: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Receipt:
+        """Add credits. With ``key``, a repeated call returns the first grant and adds nothing."""
+        account_id = check_account_id(account_id)
+        micros = to_micros(amount)
+        if source not in _SOURCES:
+            raise ValueError(f"source must be one of {_SOURCES}, not {source!r}")
+        _priority(priority)
+        now = self.now_us()
+        ends = self._expiry(now, expires_at, expires_in)
+        starts = dt_to_us(effective_at) if effective_at is not None else now
+        if ends is not None and ends <= starts:
+            raise ValueError("a grant must expire after it becomes effective")
+        key = check_key(key) if key is not None else f"{source}:{uuid.uuid4().hex}"
+        spec = _ops.GrantSpec(micros, source, key, priority, starts, ends)
+        tag = Tag(spec.key, _label(layer, "layer"), None, None, _metadata(metadata))
+        async with self._tx() as conn:
+            out = await _ops.grant(conn, now, account_id, spec, tag)
+        return self._receipt(out)
+
+    async def debit(
+        self,
+        account_id: str,
+        amount: Decimal | int | str,
+        *,
+        key: str | None = None,
+        round_up: bool = False,
+        layer: str | None = None,
+        route: str | None = None,
+        model: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Receipt:
+        """Spend credits atomically, or raise ``InsufficientCredits`` and move nothing.
+
+        ``round_up=True`` accepts a price finer than 1 µc and rounds it up (never to zero);
+        the unrounded figure is kept in the entry's metadata.
+        """
+        account_id = check_account_id(account_id)
+        micros, meta = self._charge(amount, round_up, metadata)
+        tag = self._tag(key, layer, route, model, meta)
+        now = self.now_us()
+        if self._fast_path and self._x.dialect == "postgresql":
+            fast = await self._fast_debit(account_id, micros, now, tag)
+            if fast is not None:
+                return fast
+        async with self._tx() as conn:
+            out = await _ops.debit(conn, now, account_id, micros, tag)
+        return self._receipt(out)
+
+    async def _fast_debit(self, account_id: str, micros: int, now: int, tag: Tag) -> Receipt | None:
+        """One round trip to ``credit_debit()``; None when the generic path must run."""
+        async with self._x.read() as conn:
+            row = await conn.fetchrow(
+                "SELECT * FROM credit_debit($1, $2, $3, $4, $5, $6, $7, $8)",
+                account_id,
+                micros,
+                now,
+                tag.key,
+                tag.layer,
+                tag.route,
+                tag.model,
+                dumps(tag.metadata),
+            )
+        assert row is not None
+        status = row["o_status"]
+        if status == "slow":
+            return None
+        if status == "not_found":
+            raise AccountNotFound(account_id)
+        available = int(row["o_available"])
+        if status == "insufficient":
+            raise InsufficientCredits(
+                account_id,
+                required=from_micros(micros),
+                available=from_micros(max(0, available)),
+                tier=row["o_tier"],
+            )
+        entry = Entry.from_row(json.loads(row["o_entry"]))
+        if status == "replayed" and (entry.kind != "debit" or entry.amount_micros != micros):
+            assert tag.key is not None
+            raise IdempotencyConflict(
+                account_id, tag.key, f"already used for a {entry.kind} of {entry.amount}"
+            )
+        return Receipt(entry=entry, replayed=status == "replayed", available_micros=available)
+
+    async def hold(
+        self,
+        account_id: str,
+        amount: Decimal | int | str,
+        *,
+        timeout: timedelta | float = 300.0,
+        key: str | None = None,
+        round_up: bool = False,
+        layer: str | None = None,
+        route: str | None = None,
+        model: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Receipt:
+        """Reserve credits until captured, released, or ``timeout`` passes (then released)."""
+        account_id = check_account_id(account_id)
+        micros, meta = self._charge(amount, round_up, metadata)
+        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        if not isinstance(seconds, (int, float)) or not 0 < seconds <= 7 * 86400:
+            raise ValueError("hold timeout must be between 0 and 7 days")
+        now = self.now_us()
+        tag = self._tag(key, layer, route, model, meta)
+        async with self._tx() as conn:
+            out = await _ops.hold(conn, now, account_id, micros, now + int(seconds * 1e6), tag)
+        return self._receipt(out)
+
+    async def capture(
+        self,
+        hold_id: int,
+        amount: Decimal | int | str,
+        *,
+        round_up: bool = False,
+        layer: str | None = None,
+        route: str | None = None,
+        model: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Receipt:
+        """Charge the actual amount of a hold (up to what the hold and balance cover)."""
+        micros, meta = self._charge(amount, round_up, metadata, allow_zero=True)
+        tag = self._tag(None, layer, route, model, meta)
+        async with self._tx() as conn:
+            out = await _ops.capture(conn, self.now_us(), self._hold_id(hold_id), micros, tag)
+        return self._receipt(out)
+
+    async def release(self, hold_id: int, *, reason: str | None = None) -> Receipt:
+        """Give a hold's credits back; releasing twice returns the first release."""
+        tag = Tag(metadata={"reason": _label(reason, "reason") or "released"})
+        async with self._tx() as conn:
+            out = await _ops.release(conn, self.now_us(), self._hold_id(hold_id), tag)
+        return self._receipt(out)
+
+    async def refund(
+        self,
+        account_id: str,
+        amount: Decimal | int | str,
+        *,
+        entry_id: int | None = None,
+        key: str | None = None,
+        expires_at: datetime | None = None,
+        layer: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Receipt:
+        """Return credits as a ``refund`` grant; against ``entry_id``, at most what it took."""
+        account_id = check_account_id(account_id)
+        micros = to_micros(amount)
+        tag = self._tag(key, layer, None, None, _metadata(metadata))
+        ends = dt_to_us(expires_at) if expires_at is not None else None
+        async with self._tx() as conn:
+            out = await _ops.refund(conn, self.now_us(), account_id, micros, entry_id, ends, tag)
+        return self._receipt(out)
+
+    async def adjust(
+        self,
+        account_id: str,
+        amount: Decimal | int | str,
+        *,
+        key: str,
+        reason: str,
+        layer: str | None = "admin",
+    ) -> Receipt:
+        """An operator's correction, positive (an ``admin`` grant) or negative (a charge)."""
+        account_id = check_account_id(account_id)
+        if isinstance(amount, str):
+            amount = amount.strip()
+        negative = str(amount).startswith("-")
+        micros = to_micros(str(amount)[1:] if negative else amount)
+        if not reason or not isinstance(reason, str):
+            raise ValueError("an adjustment needs a reason")
+        meta = {"reason": reason[:500]}
+        tag = self._tag(check_key(key), layer, None, None, meta)
+        now = self.now_us()
+        async with self._tx() as conn:
+            if negative:
+                out = await _ops.debit(conn, now, account_id, micros, tag, kind="adjust")
+            else:
+                spec = _ops.GrantSpec(micros, "admin", key, 0, now, None)
+                out = await _ops.grant(conn, now, account_id, spec, tag, kind="adjust")
+        return self._receipt(out)
+
+    async def provision(
+        self,
+        account_id: str,
+        *,
+        tier: str,
+        trial_amount: Decimal | int | str | None,
+        trial_expires_at: datetime | None = None,
+        priority: int = 0,
+        cohort: str | None = None,
+        layer: str | None = None,
+        account_metadata: Mapping[str, Any] | None = None,
+        grant_metadata: Mapping[str, Any] | None = None,
+    ) -> tuple[Account, bool, Receipt | None]:
+        """Open the account and give it its one trial grant, in one transaction.
+
+        Idempotent: the trial grant's key is fixed (``trial``) and the database allows one
+        trial grant per account, so any number of concurrent calls grant once.
+        Returns (account, created, receipt of the trial grant if this call made it).
+        """
+        account_id = check_account_id(account_id)
+        _label(tier, "tier")
+        _label(cohort, "cohort")
+        micros = to_micros(trial_amount) if trial_amount is not None else None
+        _priority(priority)
+        now = self.now_us()
+        ends = dt_to_us(trial_expires_at) if trial_expires_at is not None else None
+        tag = Tag("trial", _label(layer, "layer"), None, None, _metadata(grant_metadata))
+        # Effective a little before now: a concurrent debit whose clock reading (or host
+        # clock) is slightly behind ours must not see a not-yet-effective trial and answer
+        # 402 to a brand-new user.
+        starts = now - _TRIAL_BACKDATE_US
+        if self._fast_path and self._x.dialect == "postgresql":
+            return await self._fast_provision(
+                account_id,
+                tier,
+                cohort,
+                _metadata(account_metadata),
+                now,
+                micros,
+                priority,
+                starts,
+                ends,
+                tag,
+            )
+        receipt: Receipt | None = None
+        async with self._tx() as conn:
+            _, created = await _ops.open_account(
+                conn, now, account_id, tier, cohort, _metadata(account_metadata)
+            )
+            if micros is not None:
+                # as credit_provision(): a trial grant, or any grant keyed "trial", means done
+                has_trial = await conn.fetchval(
+                    "SELECT COUNT(*) FROM credit_grants WHERE account_id = $1"
+                    " AND (source = 'trial' OR idempotency_key = 'trial')",
+                    account_id,
+                )
+                if not has_trial:
+                    spec = _ops.GrantSpec(micros, "trial", "trial", priority, starts, ends)
+                    receipt = self._receipt(await _ops.grant(conn, now, account_id, spec, tag))
+            final = await conn.fetchrow(
+                f"SELECT {ACCOUNT_COLS} FROM credit_accounts WHERE account_id = $1", account_id
+            )
+        assert final is not None
+        return Account.from_row(final), created, receipt
+
+    async def _fast_provision(
+        self,
+        account_id: str,
+        tier: str,
+        cohort: str | None,
+        account_metadata: Mapping[str, Any] | None,
+        now: int,
+        micros: int | None,
+        priority: int,
+        starts: int,
+        ends: int | None,
+        tag: Tag,
+    ) -> tuple[Account, bool, Receipt | None]:
+        """One round trip to ``credit_provision()`` (PostgreSQL)."""
+        async with self._guarded_read() as conn:
+            row = await conn.fetchrow(
+                "SELECT * FROM credit_provision($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                account_id,
+                tier,
+                cohort,
+                dumps(account_metadata),
+                now,
+                micros,
+                priority,
+                starts,
+                ends,
+                tag.layer,
+                dumps(tag.metadata),
+            )
+        assert row is not None
+        account = Account.from_row(json.loads(row["o_account"]))
+        receipt = None
+        if row["o_entry"] is not None:
+            receipt = Receipt(
+                entry=Entry.from_row(json.loads(row["o_entry"])),
+                replayed=False,
+                available_micros=account.balance_micros - account.held_micros,
+                grant=Grant.from_row(json.loads(row["o_grant"])),
+            )
+        return account, bool(row["o_created"]), receipt
+
+    def _guarded_read(self) -> _guarded:
+        return _guarded(self._x, write=False)
+
+    async def sweep(self, account_id: str | None = None) -> int:
+        """Expire grants and release timed-out holds now (normally done lazily); returns the
+        number of accounts swept."""
+        now = self.now_us()
+        if account_id is not None:
+            ids = [check_account_id(account_id)]
+        else:
+            async with self._x.read() as conn:
+                rows = await conn.fetch(
+                    "SELECT account_id FROM credit_accounts WHERE sweep_at <= $1", now
+                )
+            ids = [r["account_id"] for r in rows]
+        for aid in ids:
+            async with self._tx() as conn:
+                ctx = await lock(conn, aid, now)
+                await sweep(ctx)
+                await save(ctx)
+        return len(ids)
+
+    # ------------------------------------------------------------------ reads
+
+    async def get_account(self, account_id: str) -> Account | None:
+        account_id = check_account_id(account_id)
+        async with self._x.read() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {ACCOUNT_COLS} FROM credit_accounts WHERE account_id = $1", account_id
+            )
+        return None if row is None else Account.from_row(row)
+
+    async def balance(self, account_id: str) -> Balance:
+        """What the account can spend now (expired grants and timed-out holds excluded)."""
+        account_id = check_account_id(account_id)
+        now = self.now_us()
+        async with self._x.read() as conn:
+            acct = await conn.fetchrow(
+                "SELECT tier FROM credit_accounts WHERE account_id = $1", account_id
+            )
+            if acct is None:
+                raise AccountNotFound(account_id)
+            grants = await conn.fetch(
+                f"SELECT {GRANT_COLS} FROM credit_grants WHERE account_id = $1 AND remaining > 0"
+                " ORDER BY priority, expires_at NULLS LAST, created_at, grant_id",
+                account_id,
+            )
+            held = await conn.fetchval(
+                "SELECT COALESCE(SUM(amount), 0) FROM credit_holds"
+                " WHERE account_id = $1 AND status = 'active' AND expires_at > $2",
+                account_id,
+                now,
+            )
+        spendable = sum(  # on the stored integers: the same boundaries as the debit's
+            int(g["remaining"])
+            for g in grants
+            if int(g["effective_at"]) <= now
+            and (g["expires_at"] is None or int(g["expires_at"]) > now)
+        )
+        live = tuple(Grant.from_row(g) for g in grants)
+        return Balance(account_id, acct["tier"], spendable, int(held), live)
+
+    async def history(
+        self, account_id: str, *, limit: int = 50, before: int | None = None
+    ) -> list[Entry]:
+        """Entries newest first; page with ``before`` = the last entry_id of the previous page."""
+        account_id = check_account_id(account_id)
+        if not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise ValueError("limit must be between 1 and 1000")
+        cursor = before if before is not None else 2**62
+        async with self._x.read() as conn:
+            rows = await conn.fetch(
+                f"SELECT {ENTRY_COLS} FROM credit_entries WHERE account_id = $1 AND entry_id < $2"
+                " ORDER BY entry_id DESC LIMIT $3",
+                account_id,
+                cursor,
+                limit,
+            )
+        return [Entry.from_row(r) for r in rows]
+
+    async def holds(self, account_id: str, *, active_only: bool = True) -> list[Hold]:
+        account_id = check_account_id(account_id)
+        where = " AND status = 'active'" if active_only else ""
+        async with self._x.read() as conn:
+            rows = await conn.fetch(
+                f"SELECT {HOLD_COLS} FROM credit_holds WHERE account_id = $1{where}"
+                " ORDER BY hold_id",
+                account_id,
+            )
+        return [Hold.from_row(r) for r in rows]
+
+    async def verify(self) -> VerifyReport:
+        """Check the four invariants over the whole ledger; lists every discrepancy."""
+        async with self._x.read() as conn:
+            return await _verify.verify(conn)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _tx(self) -> _guarded:
+        return _guarded(self._x)
+
+    @staticmethod
+    def _expiry(now: int, expires_at: datetime | None, expires_in: timedelta | None) -> int | None:
+        if expires_at is not None and expires_in is not None:
+            raise ValueError("give expires_at or expires_in, not both")
+        if expires_in is not None:
+            if expires_in <= timedelta(0):
+                raise ValueError("expires_in must be positive")
+            return now + int(expires_in.total_seconds() * 1_000_000)
+        return dt_to_us(expires_at) if expires_at is not None else None
+
+    @staticmethod
+    def _charge(
+        amount: object, round_up: bool, metadata: Mapping[str, Any] | None, allow_zero: bool = False
+    ) -> tuple[int, Mapping[str, Any] | None]:
+        meta = _metadata(metadata)
+        if not round_up:
+            return to_micros(amount, allow_zero=allow_zero), meta
+        micros, unrounded = cost_to_micros(amount)
+        if micros == 0 and not allow_zero:
+            raise InvalidAmount("amount must be positive")
+        if Decimal(micros).scaleb(-6) != unrounded:
+            meta = {**(meta or {}), "unrounded": str(unrounded)}
+        return micros, meta
+
+    @staticmethod
+    def _tag(
+        key: str | None,
+        layer: str | None,
+        route: str | None,
+        model: str | None,
+        metadata: Mapping[str, Any] | None,
+    ) -> Tag:
+        return Tag(
+            check_key(key) if key is not None else None,
+            _label(layer, "layer"),
+            _label(route, "route"),
+            _label(model, "model"),
+            metadata,
+        )
+
+    @staticmethod
+    def _hold_id(hold_id: object) -> int:
+        if not isinstance(hold_id, int) or isinstance(hold_id, bool) or not 0 < hold_id < 2**62:
+            raise ValueError("hold_id must be a positive int")
+        return hold_id
+
+    @staticmethod
+    def _receipt(out: _ops.Outcome) -> Receipt:
+        return Receipt(
+            entry=Entry.from_row(out.entry),
+            replayed=out.replayed,
+            available_micros=out.available,
+            grant=Grant.from_row(out.grant) if out.grant is not None else None,
+            hold=Hold.from_row(out.hold) if out.hold is not None else None,
+        )
+
+
+def _integrity_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [sqlite3.IntegrityError]
+    try:
+        import asyncpg
+
+        errors.append(asyncpg.IntegrityConstraintViolationError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errors)
+
+
+_INTEGRITY = _integrity_errors()
+
+
+class _guarded:
+    """A write transaction whose constraint violations surface as ``LedgerError``."""
+
+    def __init__(self, executor: Executor, *, write: bool = True) -> None:
+        self._cm = executor.transaction() if write else executor.read()
+
+    async def __aenter__(self) -> Conn:
+        return await self._cm.__aenter__()
+
+    async def __aexit__(self, et: Any, exc: Any, tb: Any) -> bool:
+        try:
+            await self._cm.__aexit__(et, exc, tb)
+        except _INTEGRITY as err:
+            raise LedgerError(f"refused by a ledger constraint: {err}") from err
+        if isinstance(exc, _INTEGRITY):
+            raise LedgerError(f"refused by a ledger constraint: {exc}") from exc
+        return False

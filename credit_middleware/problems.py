@@ -1,0 +1,129 @@
+"""Refusals as RFC 9457 ``application/problem+json`` responses with a stable ``type``.
+
+Clients branch on ``type`` (never on ``title`` or ``detail``, which are for people) and read the
+numbers they need (``required``, ``available``, ``tier``, ``retry_after``) from the body.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from starlette.responses import Response
+
+from .errors import InsufficientCredits
+from .ratelimit import Verdict
+
+__all__ = [
+    "PROBLEM_TYPES",
+    "ProblemResponse",
+    "Refused",
+    "insufficient",
+    "ledger_down",
+    "problem",
+    "rate_limited",
+    "retry_after",
+]
+
+_BASE = "urn:credit-middleware:problem:"
+
+#: reason -> (status, title); the reason is also the last part of the ``type`` URI.
+PROBLEM_TYPES: Mapping[str, tuple[int, str]] = {
+    "invalid-request": (400, "Malformed request"),
+    "unauthenticated": (401, "Authentication required"),
+    "invalid-credentials": (401, "Invalid credentials"),
+    "insufficient-credits": (402, "Insufficient credits"),
+    "trial-denied": (402, "No trial credits for this account"),
+    "idempotency-conflict": (409, "Idempotency key reused"),
+    "rate-limited": (429, "Rate limit exceeded"),
+    "ledger-unavailable": (503, "Billing temporarily unavailable"),
+    "rate-limiter-unavailable": (503, "Rate limiting temporarily unavailable"),
+}
+
+
+class ProblemResponse(Response):
+    media_type = "application/problem+json"
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def problem(
+    reason: str,
+    detail: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> ProblemResponse:
+    """A problem response for one of :data:`PROBLEM_TYPES`; ``extra`` members go in the body."""
+    status, title = PROBLEM_TYPES[reason]
+    body: dict[str, Any] = {"type": _BASE + reason, "title": title, "status": status}
+    body["detail"] = detail
+    body.update({k: v for k, v in extra.items() if v is not None})
+    hdrs = dict(headers or {})
+    if status == 401:
+        hdrs.setdefault("WWW-Authenticate", "Bearer")
+    return ProblemResponse(body, status_code=status, headers=hdrs)
+
+
+class Refused(Exception):
+    """Raised inside the middleware to answer with ``response`` (``reason`` is for metrics)."""
+
+    def __init__(self, response: ProblemResponse, reason: str) -> None:
+        self.response = response
+        self.reason = reason
+
+
+def retry_after(seconds: int) -> dict[str, str]:
+    return {"Retry-After": str(seconds)}
+
+
+LEDGER_RETRY_AFTER = 5
+
+
+def ledger_down() -> ProblemResponse:
+    return problem(
+        "ledger-unavailable",
+        "the credit ledger is unavailable; retry later",
+        headers=retry_after(LEDGER_RETRY_AFTER),
+        retry_after=LEDGER_RETRY_AFTER,
+    )
+
+
+def rate_limited(
+    verdict: Verdict, tier: str, headers: Iterable[tuple[str, str]]
+) -> ProblemResponse:
+    hdrs = dict(headers)
+    hdrs["Retry-After"] = str(verdict.retry_after)
+    return problem(
+        "rate-limited",
+        f"rate limit {verdict.exceeded} exceeded for tier {tier}",
+        headers=hdrs,
+        tier=tier,
+        limit=verdict.exceeded,
+        retry_after=verdict.retry_after,
+    )
+
+
+def insufficient(
+    exc: InsufficientCredits,
+    *,
+    tier: str,
+    trial_denied: object,
+    headers: Iterable[tuple[str, str]],
+) -> ProblemResponse:
+    """A 402 with the numbers; ``trial-denied`` (and why) for an account refused a trial."""
+    reason = "trial-denied" if trial_denied else "insufficient-credits"
+    detail = (
+        f"no trial credits: {trial_denied}" if trial_denied else "not enough credits for this call"
+    )
+    return problem(
+        reason,
+        detail,
+        headers=dict(headers),
+        required=str(exc.required),
+        available=str(exc.available),
+        tier=exc.tier or tier,
+        trial_denied=str(trial_denied) if trial_denied else None,
+    )

@@ -1,0 +1,325 @@
+"""The usage report: where trial credits went and which trial converts, computed in SQL.
+
+``build_report`` runs a handful of aggregate queries on the ledger (the same text on SQLite and
+PostgreSQL) and returns a :class:`Report`; ``Report.to_json()`` is what ``report --json``, the
+admin API and the dashboard show, with money as decimal strings of credits.
+
+What the ledger can and cannot say about provisioning: an account records the layer that created
+it (``metadata.provisioned_by``, and the trial grant's ``layer``). A *failed* provisioning attempt
+writes nothing (that is the point of failing safely), so the ledger cannot tell a signup that
+failed from a user who never went through signup. ``fallback`` therefore counts the accounts
+that the eager layers (``signup``, ``webhook``) did not reach and a later one (``request``,
+``litellm``) provisioned: the failures the system recovered from, plus users created outside
+signup. The failed attempts themselves are counted by the metrics
+(``credit_provisioning_total{outcome="failed"}``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from .ledger import Ledger
+from .ledger.models import dt_to_us
+from .money import from_micros
+
+__all__ = ["CohortStats", "Report", "build_report", "render_text"]
+
+DAY_US = 86_400 * 1_000_000
+EAGER_LAYERS = ("signup", "webhook")
+FALLBACK_LAYERS = ("request", "litellm")
+NO_COHORT = "(none)"
+_MIN_US, _MAX_US = -(2**62), 2**62
+_CONSUMING = "('debit','capture')"
+_PROVISIONED_BY = {
+    "postgresql": "(a.metadata::jsonb ->> 'provisioned_by')",
+    "sqlite": "json_extract(a.metadata, '$.provisioned_by')",
+}
+
+# One pass over the accounts created in the period, with their trial grant if any.
+_ACCOUNTS = """
+SELECT COALESCE({by}, t.layer, 'unknown') AS layer, a.created_at / {day} AS day,
+       COUNT(*) AS n, COUNT(t.grant_id) AS trials
+FROM credit_accounts a
+LEFT JOIN credit_grants t ON t.account_id = a.account_id AND t.source = 'trial'
+WHERE a.created_at >= $1 AND a.created_at < $2
+GROUP BY 1, 2
+"""
+# One pass over the period's entries: totals per kind, and per day.
+_ENTRIES = f"""
+SELECT kind, created_at / {DAY_US} AS day, COALESCE(SUM(amount), 0) AS s,
+       COALESCE(SUM(CASE WHEN delta < 0 THEN amount ELSE 0 END), 0) AS out_s
+FROM credit_entries WHERE created_at >= $1 AND created_at < $2
+GROUP BY kind, created_at / {DAY_US}
+"""
+_GRANTED = """
+SELECT source, COALESCE(SUM(amount), 0) AS s, COUNT(*) AS n FROM credit_grants
+WHERE created_at >= $1 AND created_at < $2 GROUP BY source
+"""
+# Per-account usage in the period, aggregated once (a CTE used three times is computed once)
+# and read three ways: the top consumers, how many were active, and what each cohort used.
+_USAGE = f"""
+WITH u AS (
+    SELECT account_id, SUM(amount) AS used FROM credit_entries
+    WHERE kind IN {_CONSUMING} AND created_at >= $1 AND created_at < $2
+    GROUP BY account_id
+)
+SELECT 'top' AS part, account_id AS name, used AS value
+FROM (SELECT account_id, used FROM u ORDER BY used DESC, account_id LIMIT $3) t
+UNION ALL
+SELECT 'active', NULL, COUNT(*) FROM u
+UNION ALL
+SELECT 'cohort', COALESCE(a.cohort, '{NO_COHORT}'), SUM(u.used)
+FROM u JOIN credit_accounts a ON a.account_id = u.account_id
+WHERE a.created_at >= $1 AND a.created_at < $2
+GROUP BY COALESCE(a.cohort, '{NO_COHORT}')
+"""
+# Per trial cohort, over the accounts created in the period. "Exhausted" = the trial grant was
+# spent to zero (not expired to zero); "purchased" = the account has a ``purchase`` grant.
+_COHORTS = f"""
+SELECT COALESCE(a.cohort, '{NO_COHORT}') AS cohort, COUNT(*) AS accounts,
+       COUNT(t.grant_id) AS trials,
+       SUM(CASE WHEN t.remaining = 0 AND x.grant_id IS NULL THEN 1 ELSE 0 END) AS exhausted,
+       SUM(CASE WHEN p.account_id IS NOT NULL THEN 1 ELSE 0 END) AS purchased
+FROM credit_accounts a
+LEFT JOIN credit_grants t ON t.account_id = a.account_id AND t.source = 'trial'
+LEFT JOIN (SELECT DISTINCT grant_id FROM credit_entries WHERE kind = 'expire') x
+    ON x.grant_id = t.grant_id
+LEFT JOIN (SELECT DISTINCT account_id FROM credit_grants WHERE source = 'purchase') p
+    ON p.account_id = a.account_id
+WHERE a.created_at >= $1 AND a.created_at < $2
+GROUP BY COALESCE(a.cohort, '{NO_COHORT}') ORDER BY 1
+"""
+# PostgreSQL: one consistent snapshot for every query, and no JIT (it costs more than it
+# saves on these aggregates); SQLite: a read transaction is a snapshot too (WAL).
+_BEGIN = {
+    "postgresql": ("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", "SET LOCAL jit = off"),
+    "sqlite": ("BEGIN",),
+}
+
+
+def _money(micros: int) -> str:
+    return str(from_micros(micros))
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{part / whole:.4f}" if whole else "0"
+
+
+@dataclass(frozen=True, slots=True)
+class CohortStats:
+    """One trial cohort: how many accounts, what they used, how many spent the whole trial and
+    how many bought credits."""
+
+    cohort: str
+    accounts: int
+    trials: int
+    used_micros: int
+    exhausted: int
+    purchased: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cohort": self.cohort,
+            "accounts": self.accounts,
+            "trials": self.trials,
+            "credits_used": _money(self.used_micros),
+            "exhausted": self.exhausted,
+            "purchased": self.purchased,
+            "exhausted_share": _share(self.exhausted, self.accounts),
+            "purchased_share": _share(self.purchased, self.accounts),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """Usage over ``[since, until)``; money in µc, ``to_json()`` turns it into credits."""
+
+    since: datetime | None
+    until: datetime | None
+    generated_at: datetime
+    provisioned: dict[str, int] = field(default_factory=dict)
+    trials: dict[str, int] = field(default_factory=dict)
+    provisioned_per_day: dict[str, dict[str, int]] = field(default_factory=dict)
+    granted_micros: dict[str, int] = field(default_factory=dict)
+    consumed_micros: int = 0
+    expired_micros: int = 0
+    refunded_micros: int = 0
+    adjusted_out_micros: int = 0
+    consumed_per_day: dict[str, int] = field(default_factory=dict)
+    active_accounts: int = 0
+    top_consumers: list[tuple[str, int]] = field(default_factory=list)
+    cohorts: list[CohortStats] = field(default_factory=list)
+
+    @property
+    def accounts(self) -> int:
+        return sum(self.provisioned.values())
+
+    @property
+    def fallback(self) -> dict[str, int]:
+        """Accounts the eager layers did not reach and a later layer provisioned."""
+        return {k: v for k, v in self.provisioned.items() if k in FALLBACK_LAYERS}
+
+    def to_json(self) -> dict[str, Any]:
+        granted = {k: v for k, v in self.granted_micros.items() if k != "refund"}
+        return {
+            "since": self.since.isoformat() if self.since else None,
+            "until": self.until.isoformat() if self.until else None,
+            "generated_at": self.generated_at.isoformat(),
+            "accounts": self.accounts,
+            "provisioned": dict(sorted(self.provisioned.items())),
+            "trials": dict(sorted(self.trials.items())),
+            "trials_denied": self.accounts - sum(self.trials.values()),
+            "fallback": dict(sorted(self.fallback.items())),
+            "fallback_total": sum(self.fallback.values()),
+            "provisioned_per_day": self.provisioned_per_day,
+            "credits": {
+                "granted": _money(sum(granted.values())),
+                "granted_by_source": {k: _money(v) for k, v in sorted(granted.items())},
+                "consumed": _money(self.consumed_micros),
+                "expired": _money(self.expired_micros),
+                "refunded": _money(self.refunded_micros),
+                "adjusted_out": _money(self.adjusted_out_micros),
+            },
+            "consumed_per_day": {d: _money(v) for d, v in self.consumed_per_day.items()},
+            "active_accounts": self.active_accounts,
+            "top_consumers": [
+                {"account_id": a, "credits_used": _money(v)} for a, v in self.top_consumers
+            ],
+            "cohorts": [c.to_json() for c in self.cohorts],
+        }
+
+    def to_json_text(self) -> str:
+        return json.dumps(self.to_json(), indent=2, sort_keys=False)
+
+
+def _day(day: Any) -> str:
+    return datetime.fromtimestamp(int(day) * 86_400, tz=timezone.utc).date().isoformat()
+
+
+async def build_report(
+    ledger: Ledger,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    top: int = 10,
+) -> Report:
+    """Usage of the ledger between ``since`` (inclusive) and ``until`` (exclusive), in SQL.
+
+    Accounts and cohorts count the accounts *created* in the period; credits count the
+    entries and grants *written* in it. Datetimes must be timezone-aware.
+    """
+    if not isinstance(top, int) or not 0 < top <= 1000:
+        raise ValueError("top must be between 1 and 1000")
+    lo = dt_to_us(since) if since is not None else _MIN_US
+    hi = dt_to_us(until) if until is not None else _MAX_US
+    if lo >= hi:
+        raise ValueError("since must be before until")
+    by = _PROVISIONED_BY[ledger.dialect]
+    # Executor.read() is annotated as an AsyncIterator; it is an async context manager.
+    reading: Any = ledger._x.read()
+    async with reading as conn:
+        for statement in _BEGIN[ledger.dialect]:
+            await conn.execute(statement)
+        try:
+            accounts = await conn.fetch(_ACCOUNTS.format(by=by, day=DAY_US), lo, hi)
+            entries = await conn.fetch(_ENTRIES, lo, hi)
+            granted = await conn.fetch(_GRANTED, lo, hi)
+            usage = await conn.fetch(_USAGE, lo, hi, top)
+            cohorts = await conn.fetch(_COHORTS, lo, hi)
+        finally:
+            await conn.execute("COMMIT")  # read only: nothing to keep or lose
+
+    provisioned: dict[str, int] = {}
+    trials: dict[str, int] = {}
+    per_day: dict[str, dict[str, int]] = {}
+    for r in sorted(accounts, key=lambda r: (int(r["day"]), str(r["layer"]))):
+        layer = str(r["layer"])
+        provisioned[layer] = provisioned.get(layer, 0) + int(r["n"])
+        if int(r["trials"]):
+            trials[layer] = trials.get(layer, 0) + int(r["trials"])
+        day = per_day.setdefault(_day(r["day"]), {})
+        day[layer] = day.get(layer, 0) + int(r["n"])
+
+    totals: dict[str, int] = {}
+    adjusted_out = 0
+    consumed_per_day: dict[str, int] = {}
+    for r in sorted(entries, key=lambda r: int(r["day"])):
+        totals[r["kind"]] = totals.get(r["kind"], 0) + int(r["s"])
+        if r["kind"] == "adjust":
+            adjusted_out += int(r["out_s"])
+        if r["kind"] in ("debit", "capture"):
+            d = _day(r["day"])
+            consumed_per_day[d] = consumed_per_day.get(d, 0) + int(r["s"])
+
+    used_by_cohort = {str(r["name"]): int(r["value"]) for r in usage if r["part"] == "cohort"}
+    return Report(
+        since=since,
+        until=until,
+        generated_at=datetime.fromtimestamp(ledger.now_us() / 1e6, tz=timezone.utc),
+        provisioned=provisioned,
+        trials=trials,
+        provisioned_per_day=per_day,
+        granted_micros={str(r["source"]): int(r["s"]) for r in granted},
+        consumed_micros=totals.get("debit", 0) + totals.get("capture", 0),
+        expired_micros=totals.get("expire", 0),
+        refunded_micros=totals.get("refund", 0),
+        adjusted_out_micros=adjusted_out,
+        consumed_per_day=consumed_per_day,
+        active_accounts=sum(int(r["value"]) for r in usage if r["part"] == "active"),
+        top_consumers=sorted(
+            ((str(r["name"]), int(r["value"])) for r in usage if r["part"] == "top"),
+            key=lambda t: (-t[1], t[0]),
+        ),
+        cohorts=[
+            CohortStats(
+                str(r["cohort"]),
+                int(r["accounts"]),
+                int(r["trials"]),
+                used_by_cohort.get(str(r["cohort"]), 0),
+                int(r["exhausted"] or 0),
+                int(r["purchased"] or 0),
+            )
+            for r in cohorts
+        ],
+    )
+
+
+def render_text(report: Report) -> str:
+    """The report as a plain-text page for a terminal (``credit-middleware report``)."""
+    data = report.to_json()
+    period = f"{data['since'] or 'the beginning'} to {data['until'] or 'now'}"
+    out = [f"Usage report, {period}", ""]
+    out.append(f"Accounts provisioned: {data['accounts']} (trials denied: {data['trials_denied']})")
+    for layer, n in data["provisioned"].items():
+        out.append(f"  {layer:<10} {n:>8}  trials {data['trials'].get(layer, 0)}")
+    out.append(f"Reached only by a fallback layer: {data['fallback_total']}")
+    credits = data["credits"]
+    out.append("")
+    out.append("Credits")
+    for name in ("granted", "consumed", "expired", "refunded", "adjusted_out"):
+        out.append(f"  {name:<13} {credits[name]:>16}")
+    for source, amount in credits["granted_by_source"].items():
+        out.append(f"    granted as {source:<10} {amount:>12}")
+    out.append(f"Active accounts: {data['active_accounts']}")
+    if data["consumed_per_day"]:
+        out.append("")
+        out.append("Consumed per day")
+        for day, amount in data["consumed_per_day"].items():
+            out.append(f"  {day}  {amount:>16}")
+    if data["top_consumers"]:
+        out.append("")
+        out.append("Top consumers")
+        for row in data["top_consumers"]:
+            out.append(f"  {row['credits_used']:>16}  {row['account_id']}")
+    if data["cohorts"]:
+        out.append("")
+        out.append(f"  {'cohort':<12} {'accounts':>8} {'used':>14} {'exhausted':>10} {'bought':>8}")
+        for c in data["cohorts"]:
+            out.append(
+                f"  {c['cohort']:<12} {c['accounts']:>8} {c['credits_used']:>14}"
+                f" {c['exhausted_share']:>10} {c['purchased_share']:>8}"
+            )
+    return "\n".join(out) + "\n"

@@ -1,0 +1,375 @@
+"""Eager provisioning at signup: ``@provision_credits`` on the registration handler.
+
+Registration never fails, and never waits longer than a small budget, because of credits: the
+first attempt runs inside the budget; if it fails or is too slow it goes on (with a bounded
+number of retries and backoff) in a background task, and the lazy layer of the middleware stays
+the safety net for a user that every attempt missed.
+
+    @app.post("/auth/register", status_code=201)
+    @provision_credits(provisioner)              # below the route decorator
+    async def register(body: Signup) -> dict[str, str]:
+        user = await users.create(body)
+        return {"user_id": user.sub, "email": user.email}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import inspect
+import json
+import logging
+import random
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .errors import ConfigurationError
+from .events import Observer
+from .identity import Identity
+from .provisioning import Provisioner, ProvisionResult
+
+__all__ = ["SignupProvisioning", "default_account_id", "provision", "provision_credits"]
+
+log = logging.getLogger("credit_middleware.signup")
+
+#: Reads the new user from the handler's result and the request: an account id, a full
+#: :class:`Identity`, or None when there is nobody to provision (e.g. the signup was refused).
+AccountIdGetter = Callable[[Any, "Request | None"], "str | Identity | None"]
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+_REQUEST_PARAM = "credit_signup_request__"
+_MAX_BODY = 65_536
+_MAX_RUNNERS = 16
+
+
+def _field(obj: Any, name: str) -> Any:
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+def _payload(result: Any) -> Any:
+    """The data a handler returned; a Response's JSON body if it is one (and a success)."""
+    if isinstance(result, Response):
+        if not 200 <= result.status_code < 300:
+            return None
+        body = getattr(result, "body", None)  # streaming responses have none
+        if not isinstance(body, bytes) or not body or len(body) > _MAX_BODY:
+            return None
+        try:
+            return json.loads(body)
+        except ValueError:
+            return None
+    return result
+
+
+def default_account_id(result: Any, request: Request | None) -> str | Identity | None:
+    """The ``user_id`` key or attribute of the handler's result (or of its JSON body)."""
+    user_id = _field(_payload(result), "user_id")
+    if isinstance(user_id, int) and not isinstance(user_id, bool):
+        user_id = str(user_id)
+    return user_id if isinstance(user_id, str) else None
+
+
+def _identity(getter: AccountIdGetter, result: Any, request: Request | None) -> Identity | None:
+    found = getter(result, request)
+    if found is None:
+        return None
+    ident = Identity.of(found)
+    changes: dict[str, Any] = {}
+    data = _payload(result)
+    if ident.email is None:
+        email = _field(data, "email") if data is not None else None
+        if email is None and request is not None:
+            email = _field(_request_json(request), "email")
+        if isinstance(email, str) and "@" in email:
+            changes["email"] = email
+    if ident.email_verified is None and data is not None:
+        verified = _field(data, "email_verified")
+        if isinstance(verified, bool):
+            changes["email_verified"] = verified
+    if ident.client_ip is None and request is not None and request.client is not None:
+        changes["client_ip"] = request.client.host
+    if ident.source == "unknown":
+        changes["source"] = "signup"
+    return dataclasses.replace(ident, **changes) if changes else ident
+
+
+def _request_json(request: Request) -> Any:
+    """The request's JSON body if the handler (or FastAPI) already read it and it is small;
+    never reads the stream itself, so a slow client cannot stall the signup here."""
+    body = getattr(request, "_body", None)
+    if not isinstance(body, bytes) or not body or len(body) > _MAX_BODY:
+        return None
+    if "json" not in request.headers.get("content-type", ""):
+        return None
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+class SignupProvisioning:
+    """Budgeted, retried eager provisioning; owns its background retries.
+
+    ``budget`` (seconds) is the most a caller waits; ``attempts`` bounds the tries (the first
+    included), spaced by ``backoff`` doubling with jitter; each try is cut at
+    ``attempt_timeout``. With ``defer_unverified`` an identity that the policy would refuse
+    only for an unverified e-mail is left to a later layer (which may see it verified) instead
+    of being given a trial-less account for good.
+    """
+
+    def __init__(
+        self,
+        provisioner: Provisioner,
+        *,
+        layer: str = "signup",
+        budget: float = 0.2,
+        attempts: int = 4,
+        backoff: float = 0.5,
+        attempt_timeout: float = 5.0,
+        defer_unverified: bool = True,
+        observer: Observer | None = None,
+    ) -> None:
+        if budget <= 0 or attempt_timeout <= 0 or backoff < 0:
+            raise ConfigurationError("budget and attempt_timeout must be positive, backoff >= 0")
+        if attempts < 1:
+            raise ConfigurationError("attempts must be at least 1")
+        if layer not in ("signup", "webhook", "admin", "cli"):
+            raise ConfigurationError("layer must be 'signup', 'webhook', 'admin' or 'cli'")
+        self.provisioner = provisioner
+        self.layer: Any = layer
+        self.budget = budget
+        self.attempts = attempts
+        self.backoff = backoff
+        self.attempt_timeout = attempt_timeout
+        self.defer_unverified = defer_unverified
+        self.observer = observer or provisioner.observer
+        self._tasks: set[asyncio.Task[ProvisionResult | None]] = set()
+
+    @property
+    def pending(self) -> int:
+        """Background provisioning tasks still running."""
+        return len(self._tasks)
+
+    def deferred(self, identity: Identity) -> bool:
+        policy = self.provisioner.policy
+        return (
+            self.defer_unverified
+            and policy.require_verified_email
+            and identity.email_verified is not True
+        )
+
+    async def provision(self, identity: Identity | str) -> ProvisionResult | None:
+        """Provision within the budget; None if it did not finish in time (it goes on in the
+        background), failed (a retry is scheduled) or was deferred."""
+        ident = Identity.of(identity)
+        if self.deferred(ident):
+            self._count("deferred")
+            return None
+        first: asyncio.Future[ProvisionResult | None] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(self._run(ident, first))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        done, _ = await asyncio.wait((first,), timeout=self.budget)  # never cancels `first`
+        if done:
+            return first.result()
+        self._count("timeout")
+        log.warning(
+            "signup provisioning exceeded its %.3fs budget; continuing in background", self.budget
+        )
+        return None
+
+    async def _run(
+        self, ident: Identity, first: asyncio.Future[ProvisionResult | None]
+    ) -> ProvisionResult | None:
+        try:
+            for attempt in range(1, self.attempts + 1):
+                try:
+                    result = await asyncio.wait_for(
+                        self.provisioner.ensure_account(ident, layer=self.layer),
+                        self.attempt_timeout,
+                    )
+                except Exception as exc:  # the lazy layer is the safety net: log, retry, go on
+                    if not first.done():
+                        first.set_result(None)
+                    # A refusal (bad input, bad configuration) will not get better by waiting.
+                    final = isinstance(exc, (ConfigurationError, ValueError))
+                    if attempt == self.attempts or final:
+                        self._count("abandoned")
+                        log.error("signup provisioning gave up after %d attempts: %r", attempt, exc)
+                        return None
+                    delay = self.backoff * 2 ** (attempt - 1) * (0.5 + random.random())
+                    self._count("retry")
+                    log.warning(
+                        "signup provisioning attempt %d failed (%r); retrying in %.2fs",
+                        attempt,
+                        exc,
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+                    continue
+                if not first.done():
+                    first.set_result(result)
+                return result
+            return None  # pragma: no cover - the loop always returns
+        finally:
+            if not first.done():  # cancelled (aclose) before the first answer: unblock
+                first.set_result(None)
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait for the background retries (at shutdown, or in tests)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+
+    async def aclose(self) -> None:
+        """Cancel the background retries (the lazy layer will catch those users)."""
+        tasks = set(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
+    def _count(self, outcome: str) -> None:
+        try:
+            self.observer.provisioned(self.layer, outcome)
+        except Exception:  # an observer must never break a signup
+            log.exception("observer failed")
+
+
+def _runner(
+    target: Provisioner | SignupProvisioning, options: dict[str, Any]
+) -> SignupProvisioning:
+    if isinstance(target, SignupProvisioning):
+        if options:
+            raise ConfigurationError("pass options to SignupProvisioning, not here")
+        return target
+    if not isinstance(target, Provisioner):
+        raise ConfigurationError(
+            f"expected a Provisioner or SignupProvisioning, not {type(target).__name__}"
+        )
+    return SignupProvisioning(target, **options)
+
+
+Target = Provisioner | SignupProvisioning
+
+
+def provision_credits(
+    target: Target | Callable[[Any], Target],
+    *,
+    account_id: AccountIdGetter = default_account_id,
+    **options: Any,
+) -> Callable[[F], F]:
+    """Decorate an async registration handler to provision the new user once it succeeded.
+
+    Works on Starlette endpoints, FastAPI path operations (the signature is kept, so body
+    models and ``Depends`` still resolve; a ``Request`` parameter is added for FastAPI to fill
+    if the handler has none) and any async function. ``account_id(result, request)`` finds the
+    user; ``options`` go to :class:`SignupProvisioning` (``budget``, ``attempts``, ...).
+
+    ``target`` may also be a callable that finds the provisioner at call time, given the
+    handler's first positional argument (``self`` of a method, the request of a Starlette
+    endpoint, else the request): ``@provision_credits(lambda self: self.provisioner)``.
+    A fixed runner is exposed as ``handler.credit_provisioning``; every runner in use (to
+    ``drain`` or ``aclose`` at shutdown) as ``handler.credit_runners()``.
+    """
+    fixed = None if callable(target) and not isinstance(target, Target) else target
+    runners: OrderedDict[int, tuple[Target, SignupProvisioning]] = OrderedDict()
+
+    def runner_for(first: Any) -> SignupProvisioning:
+        found = target(first) if fixed is None else fixed  # type: ignore[operator]
+        known = runners.get(id(found))
+        if known is None or known[0] is not found:
+            known = (found, _runner(found, dict(options)))
+            runners[id(found)] = known
+            while len(runners) > _MAX_RUNNERS:  # provisioners come and go (tests, reloads)
+                _, (_, old) = runners.popitem(last=False)
+                _adopt(old)
+        return known[1]
+
+    runner = runner_for(None) if fixed is not None else None
+
+    def decorate(handler: F) -> F:
+        if not inspect.iscoroutinefunction(handler):
+            raise ConfigurationError("@provision_credits needs an async handler")
+        sig = inspect.signature(handler)
+        request_name = next(
+            (n for n, p in sig.parameters.items() if _is_request(p.annotation)), None
+        )
+
+        @functools.wraps(handler)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            request = kwargs.pop(_REQUEST_PARAM, None)
+            result = await handler(*args, **kwargs)
+            if request is None:
+                candidates = [*args, kwargs.get(request_name) if request_name else None]
+                request = next((a for a in candidates if isinstance(a, Request)), None)
+            try:
+                active = runner or runner_for(args[0] if args else request)
+                ident = _identity(account_id, result, request)
+            except Exception:  # a bad id or lookup must not turn a good signup into a 500
+                log.exception("could not find the new user or the provisioner after signup")
+                if runner is not None:
+                    runner._count("skipped")
+                return result
+            if ident is not None:
+                await active.provision(ident)
+            return result
+
+        if request_name is None:
+            extra = inspect.Parameter(
+                _REQUEST_PARAM, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Request
+            )
+            params = list(sig.parameters.values())
+            at = next(
+                (i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD),
+                len(params),
+            )
+            params.insert(at, extra)
+            wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        if runner is not None:
+            wrapper.credit_provisioning = runner  # type: ignore[attr-defined]
+        wrapper.credit_runners = lambda: [r for _, r in runners.values()]  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def _is_request(annotation: Any) -> bool:
+    if isinstance(annotation, str):
+        return annotation.rsplit(".", 1)[-1] == "Request"
+    return isinstance(annotation, type) and issubclass(annotation, Request)
+
+
+async def provision(
+    target: Provisioner | SignupProvisioning,
+    identity: Identity | str,
+    **options: Any,
+) -> ProvisionResult | None:
+    """Provision one user eagerly, outside a handler, with the same budget and retries.
+
+    Pass a :class:`SignupProvisioning` to keep (and :meth:`~SignupProvisioning.drain`) the
+    background retries yourself; with a bare :class:`Provisioner` they are kept alive here.
+    """
+    runner = _runner(target, options)
+    result = await runner.provision(identity)
+    if runner is not target:
+        _adopt(runner)
+    return result
+
+
+def _adopt(runner: SignupProvisioning) -> None:
+    """Keep a dropped runner's background tasks referenced until they finish."""
+    for task in runner._tasks:
+        _ORPHANS.add(task)
+        task.add_done_callback(_ORPHANS.discard)
+
+
+# Background retries started through a throwaway runner, referenced until they finish (the
+# event loop itself only keeps weak references to tasks). Tasks only, never configuration.
+_ORPHANS: set[asyncio.Task[Any]] = set()

@@ -1,0 +1,178 @@
+"""``POST /v1/chat/completions``: an OpenAI-shaped chat endpoint paid by the caller's credits.
+
+Each call is metered through :class:`~credit_middleware.integrations.litellm.CreditedLLM`
+(hold the worst case, capture LiteLLM's actual cost), not at the fixed per-call price, so the
+middleware must treat this path as billed by the handler (``Route(path, mode="handler")``). It
+answers from LiteLLM's ``mock_response`` by default, so it runs without a provider key; pass
+``mock_response=None`` to call the real provider. The caller is the identity the middleware
+put in ``request.state.credit_identity``.
+
+    routes.append(chat_route(services.provisioner))
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from credit_middleware import Identity, InsufficientCredits, Provisioner
+from credit_middleware.errors import ConfigurationError
+from credit_middleware.problems import ProblemResponse, problem
+
+__all__ = ["DEFAULT_MOCK", "chat_route"]
+
+DEFAULT_MOCK = "Hello from credit-middleware! This answer was mocked, and metered to the µc."
+#: The request fields passed on to LiteLLM; anything else in the body is ignored.
+_PASSED = (
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+)
+
+
+def _provider_error(status: int, detail: str) -> ProblemResponse:
+    body = {
+        "type": "urn:credit-middleware:problem:llm-unavailable",
+        "title": "LLM call failed",
+        "status": status,
+        "detail": detail,
+    }
+    return ProblemResponse(body, status_code=status)
+
+
+class ChatEndpoint:
+    """The endpoint; its ``CreditedLLM`` (and LiteLLM) is built on the first request."""
+
+    def __init__(
+        self,
+        provisioner: Provisioner,
+        *,
+        models: Sequence[str] = ("gpt-4o-mini",),
+        mock_response: str | None = DEFAULT_MOCK,
+        llm_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.provisioner = provisioner
+        self.models = tuple(models)
+        self.mock_response = mock_response
+        self.llm_options = llm_options or {}
+        self._llm: Any = None
+
+    def llm(self) -> Any:
+        if self._llm is None:
+            from credit_middleware.integrations.litellm import CreditedLLM
+
+            self._llm = CreditedLLM(self.provisioner, **self.llm_options)
+        return self._llm
+
+    async def handle(self, request: Request) -> Response:
+        identity = getattr(request.state, "credit_identity", None)
+        if not isinstance(identity, Identity):
+            account = getattr(request.state, "credit_account_id", None)
+            if not isinstance(account, str):
+                return problem("unauthenticated", "no caller identity on this request")
+            identity = Identity(account, source="request")
+        kwargs = await self._kwargs(request)
+        if isinstance(kwargs, Response):
+            return kwargs
+        try:
+            llm = self.llm()
+        except ConfigurationError as exc:
+            return _provider_error(501, str(exc))
+        return await self._answer(llm, identity, kwargs)
+
+    async def _kwargs(self, request: Request) -> dict[str, Any] | Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            return problem("invalid-request", "the body must be JSON")
+        if not isinstance(body, dict):
+            return problem("invalid-request", "the body must be a JSON object")
+        model = body.get("model", self.models[0] if self.models else None)
+        if not isinstance(model, str) or (self.models and model not in self.models):
+            return problem("invalid-request", f"model must be one of {list(self.models)}")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages or len(messages) > 256:
+            return problem("invalid-request", "messages must be a list of 1-256 messages")
+        for message in messages:
+            if not (
+                isinstance(message, dict)
+                and isinstance(message.get("role"), str)
+                and isinstance(message.get("content"), str)
+            ):
+                return problem("invalid-request", "each message needs a role and a content")
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool):
+            return problem("invalid-request", "stream must be true or false")
+        kwargs: dict[str, Any] = {"model": model, "messages": messages, "stream": stream}
+        kwargs.update({k: body[k] for k in _PASSED if body.get(k) is not None})
+        if self.mock_response is not None:
+            kwargs["mock_response"] = self.mock_response
+        return kwargs
+
+    async def _answer(self, llm: Any, identity: Identity, kwargs: dict[str, Any]) -> Response:
+        from credit_middleware.integrations.litellm import UnknownModelPrice
+
+        try:
+            result = await llm.acompletion(identity, **kwargs)
+        except InsufficientCredits as exc:
+            return problem(
+                "insufficient-credits",
+                "not enough credits for the worst case of this call",
+                required=str(exc.required),
+                available=str(exc.available),
+                tier=exc.tier,
+            )
+        except UnknownModelPrice as exc:
+            return problem("invalid-request", str(exc))
+        except Exception as exc:  # LiteLLM's provider errors; the hold was released
+            status = getattr(exc, "status_code", None)
+            code = 504 if status in (408, 504) else 502
+            return _provider_error(code, type(exc).__name__)
+        if kwargs["stream"]:
+            return StreamingResponse(_sse(result), media_type="text/event-stream")
+        receipt = result._hidden_params.get("credit_receipt")
+        headers = {}
+        if receipt is not None:
+            headers = {
+                "Credit-Cost": str(receipt.entry.amount),
+                "Credit-Balance": str(receipt.available),
+            }
+        return JSONResponse(result.model_dump(), headers=headers)
+
+
+async def _sse(stream: Any) -> AsyncIterator[str]:
+    """Server-sent events as OpenAI sends them; a client that goes away mid-stream closes the
+    stream (``finally``), which charges what was generated so far."""
+    try:
+        async for chunk in stream:
+            yield f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
+        receipt = stream.receipt
+        if receipt is not None:  # an SSE comment: OpenAI clients ignore it, people can read it
+            yield f": credit-cost {receipt.entry.amount} credit-balance {receipt.available}\n\n"
+        yield "data: [DONE]\n\n"
+    finally:
+        await stream.aclose()
+
+
+def chat_route(
+    provisioner: Provisioner,
+    *,
+    path: str = "/v1/chat/completions",
+    models: Sequence[str] = ("gpt-4o-mini",),
+    mock_response: str | None = DEFAULT_MOCK,
+    **llm_options: Any,
+) -> Route:
+    """The route; ``llm_options`` go to ``CreditedLLM`` (``price_multipliers``, ...)."""
+    endpoint = ChatEndpoint(
+        provisioner, models=models, mock_response=mock_response, llm_options=llm_options
+    )
+    return Route(path, endpoint.handle, methods=["POST"], name="chat_completions")

@@ -1,0 +1,50 @@
+"""The same API as ``examples/app.py``, on FastAPI: ``uvicorn examples.fastapi_app:app``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from credit_middleware.middleware import CreditMiddleware
+from examples.app import Services, Settings, middleware_options
+
+
+def create_app(**overrides: Any) -> FastAPI:
+    """Build the app; keyword overrides replace environment settings (tests use them)."""
+    settings = Settings.from_env(**overrides)
+    services = Services(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await services.ready()
+        yield
+        await services.close()
+
+    app = FastAPI(lifespan=lifespan)
+    app.state.services = services
+
+    @app.post("/auth/register", status_code=201)
+    async def register(request: Request) -> JSONResponse:
+        return await services.register(request)
+
+    @app.get("/v1/echo")
+    async def echo(request: Request, msg: str = "") -> dict[str, str]:
+        return {"msg": msg, "balance": str(request.state.credit_balance)}
+
+    @app.get("/credits/balance")
+    async def balance(request: Request) -> JSONResponse:
+        return await services.balance(request)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, bool]:
+        return {"ok": True}
+
+    app.add_middleware(CreditMiddleware, **middleware_options(settings, services))
+    return app
+
+
+app = create_app()

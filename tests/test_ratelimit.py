@@ -1,0 +1,127 @@
+"""Rate limits with ``limits``: strategies, tiers, route overrides, shared Redis, IETF fields."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from credit_middleware import ConfigurationError
+from credit_middleware.ratelimit import (
+    LimitState,
+    RateLimiter,
+    Strategy,
+    Verdict,
+    rate_limit_headers,
+)
+
+pytestmark = pytest.mark.anyio
+
+STRATEGIES: list[Strategy] = ["moving-window", "sliding-window-counter", "fixed-window"]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+async def test_each_strategy_limits_per_account(strategy: Any) -> None:
+    limiter = RateLimiter(tiers={"trial": "3/minute;10/day"}, strategy=strategy)
+    verdicts = [await limiter.hit("a", "trial") for _ in range(4)]
+    assert [v.allowed for v in verdicts] == [True, True, True, False]
+    denied = verdicts[-1]
+    assert denied.exceeded == "3-per-minute"
+    assert 1 <= denied.retry_after <= 60
+    assert (await limiter.hit("b", "trial")).allowed  # another account has its own budget
+    day = verdicts[0].states[1]
+    assert (day.name, day.quota, day.window) == ("10-per-day", 10, 86400)
+
+
+async def test_tiers_default_and_route_limits() -> None:
+    limiter = RateLimiter(tiers={"trial": "1/minute", "pro": "5/minute"}, default="2/minute")
+    assert [(await limiter.hit("p", "pro")).allowed for _ in range(5)] == [True] * 5
+    assert [(await limiter.hit("t", "trial")).allowed for _ in range(2)] == [True, False]
+    assert [(await limiter.hit("u", "unknown")).allowed for _ in range(3)] == [True, True, False]
+    # a route with its own limits counts apart from the tier's budget
+    assert (await limiter.hit("t", "trial", route="/v1/chat", route_limits="2/minute")).allowed
+    unlimited = RateLimiter(tiers={}, default=None)
+    assert (await unlimited.hit("x", "trial")).states == ()
+
+
+def test_bad_configuration() -> None:
+    with pytest.raises(ConfigurationError):
+        RateLimiter(tiers={"trial": "lots"})
+    with pytest.raises(ConfigurationError):
+        RateLimiter(strategy="leaky")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError):
+        RateLimiter(on_redis_error="ignore")  # type: ignore[arg-type]
+
+
+def test_header_fields() -> None:
+    verdict = Verdict(
+        False,
+        (
+            LimitState("60-per-minute", 60, 60, 0, 12),
+            LimitState("1000-per-day", 1000, 86400, 940, 80000),
+        ),
+        12,
+        "60-per-minute",
+    )
+    headers = dict(rate_limit_headers(verdict, legacy=True))
+    assert headers["RateLimit-Policy"] == '"60-per-minute";q=60;w=60, "1000-per-day";q=1000;w=86400'
+    assert headers["RateLimit"] == '"60-per-minute";r=0;t=12, "1000-per-day";r=940;t=80000'
+    assert (headers["X-RateLimit-Limit"], headers["X-RateLimit-Remaining"]) == ("60", "0")
+    assert rate_limit_headers(Verdict(True, ())) == []
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+async def test_two_limiters_share_one_redis_budget(redis_client: Any, strategy: Any) -> None:
+    prefix = redis_client.test_prefix + "rl"
+    a = RateLimiter(
+        tiers={"trial": "5/minute"}, redis=redis_client, key_prefix=prefix, strategy=strategy
+    )
+    b = RateLimiter(
+        tiers={"trial": "5/minute"}, redis=redis_client, key_prefix=prefix, strategy=strategy
+    )
+    results = []
+    for i in range(8):
+        results.append((await (a if i % 2 else b).hit("shared", "trial")).allowed)
+    assert results.count(True) == 5
+    assert results[5:] == [False, False, False]
+    keys = [k async for k in redis_client.scan_iter(match=redis_client.test_prefix + "*")]
+    assert keys  # the limiter's keys live under the test prefix
+
+
+async def test_redis_refuse_policy_raises_backend_unavailable() -> None:
+    from credit_middleware import BackendUnavailable
+    from credit_middleware._redis import redis_from_url
+
+    dead = redis_from_url("redis://127.0.0.1:1/0", timeout=0.2)
+    limiter = RateLimiter(redis=dead, on_redis_error="refuse")
+    try:
+        for _ in range(2):  # the second is refused without another connection attempt
+            with pytest.raises(BackendUnavailable):
+                await limiter.hit("x", "trial")
+    finally:
+        await dead.aclose()
+
+
+def test_redis_url_scheme_is_checked() -> None:
+    from credit_middleware._redis import redis_from_url
+
+    with pytest.raises(ConfigurationError):
+        redis_from_url("http://127.0.0.1:6379")
+
+
+async def test_switching_strategy_on_live_keys_does_not_break(redis_client: Any) -> None:
+    from credit_middleware.events import Observer
+
+    class Flag(Observer):
+        degraded_seen = False
+
+        def degraded(self, backend: str, degraded: bool) -> None:
+            Flag.degraded_seen = True
+
+    prefix = redis_client.test_prefix + "rl"
+    for strategy in STRATEGIES:
+        limiter = RateLimiter(
+            redis=redis_client, key_prefix=prefix, strategy=strategy, observer=Flag()
+        )
+        assert (await limiter.hit("same", "trial")).allowed
+    assert not Flag.degraded_seen
