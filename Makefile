@@ -4,12 +4,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck services browser clean
+.PHONY: install demo test lint typecheck services browser clean lock
 
-$(STAMP): pyproject.toml
+# constraints.txt pins what the tests last passed with, so a clean clone installs the same set
+# (an unpinned install once pulled a LiteLLM release the tests had never seen).
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[all,dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[all,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -34,8 +36,18 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
+# A hard ceiling, so that a hang (a stray non-daemon thread, a dead peer) fails instead of
+# stalling CI; the suite takes about two minutes.
+PYTEST_TIMEOUT ?= 1200
+
 test: $(STAMP) services browser lint typecheck
-	$(PY) -m pytest -q
+	timeout --kill-after=30 $(PYTEST_TIMEOUT) $(PY) -m pytest -q
+
+# Upgrade every dependency to the newest release the extras allow and re-pin; then `make test`.
+lock: $(STAMP)
+	$(PY) -m pip install --quiet --upgrade -e '.[all,dev]'
+	{ sed -n '1,2p' constraints.txt; $(PY) -m pip freeze --exclude-editable; } > constraints.tmp
+	mv constraints.tmp constraints.txt
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache credits.db credits.db-*

@@ -12,6 +12,7 @@ from conftest import Clock
 
 from credit_middleware import (
     AccountNotFound,
+    BackendUnavailable,
     HoldNotActive,
     HoldNotFound,
     IdempotencyConflict,
@@ -388,3 +389,25 @@ async def test_provision_skips_an_account_whose_trial_key_is_taken(
         assert receipt is None
         assert account.balance_micros == 2_000_000
         assert (await led.verify()).ok
+
+
+async def test_a_closed_ledger_stays_closed(ledger_url: str) -> None:
+    """Work that arrives after close() (a task that outlived its request, say) is refused as
+    unavailable; it must not open a new pool or SQLite connection that nobody would close
+    (an unclosed aiosqlite worker thread keeps the process from exiting)."""
+    import threading
+
+    led = Ledger(ledger_url)
+    await led.migrate()
+    await funded(led)
+    await led.close()
+    threads = {t.ident for t in threading.enumerate()}
+    with pytest.raises(BackendUnavailable, match="closed"):
+        await led.debit("acct", "0.001")
+    with pytest.raises(BackendUnavailable, match="closed"):
+        await led.balance("acct")
+    assert {t.ident for t in threading.enumerate()} <= threads
+    await led.close()  # closing twice is harmless
+    async with Ledger(ledger_url) as again:
+        assert (await again.balance("acct")).available == 5
+        assert (await again.verify()).ok

@@ -64,6 +64,21 @@ async def test_a_callers_own_databases_database(tmp_path: Path) -> None:
     # the app's own tables live beside the ledger's in the same file
     await database.execute("CREATE TABLE app_users (id TEXT)")
     await ledger.close()
+    # the app connected it, so the app still has it after the ledger is closed
+    assert database.is_connected
+    await database.execute("INSERT INTO app_users (id) VALUES ('u')")
+    assert await database.fetch_val("SELECT count(*) FROM app_users") == 1
+    await database.disconnect()
+
+
+async def test_a_databases_database_the_ledger_connected_is_disconnected(tmp_path: Path) -> None:
+    import databases
+
+    database = databases.Database(f"sqlite:///{tmp_path / 'app.db'}")
+    ledger = Ledger(database=database)
+    await ledger.migrate()
+    assert database.is_connected
+    await ledger.close()
     assert not database.is_connected
 
 

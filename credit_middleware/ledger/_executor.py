@@ -129,11 +129,14 @@ class AsyncpgExecutor(Executor):
         self._timeout = timeout
         self._lock = asyncio.Lock()
         self._errors = pg_errors()
+        self._closed = False
 
     async def _get_pool(self) -> Any:
         if self._pool is not None:
             return self._pool
         async with self._lock:
+            if self._closed:
+                raise BackendUnavailable("database", "the ledger is closed")
             if self._pool is None:
                 import asyncpg
 
@@ -170,9 +173,13 @@ class AsyncpgExecutor(Executor):
         return self._acquire(write=False)
 
     async def close(self) -> None:
-        if self._pool is not None and self._owns_pool:
+        """Close the pool (if this executor made it); later operations fail as unavailable
+        instead of opening a new pool that nobody would close."""
+        async with self._lock:
+            self._closed = True
             pool, self._pool = self._pool, None
-            await pool.close()
+            if pool is not None and self._owns_pool:
+                await pool.close()
 
 
 # --------------------------------------------------------------------------- databases / SQLite
@@ -241,8 +248,12 @@ class SqliteExecutor(Executor):
         self._raw: Any = None
         self._lock = asyncio.Lock()
         self._cache: dict[str, str] = {}
+        self._closed = False
+        self._connected_here = False
 
     async def _open(self) -> Any:
+        if self._closed:
+            raise BackendUnavailable("database", "the ledger is closed")
         if self._raw is None:
             path = str(getattr(self._database.url, "database", "") or "")
             folder = os.path.dirname(path) or "."
@@ -251,6 +262,7 @@ class SqliteExecutor(Executor):
             try:
                 if not self._database.is_connected:
                     await self._database.connect()
+                    self._connected_here = True
                 conn = self._database.connection()
                 await conn.__aenter__()
                 raw = conn.raw_connection
@@ -300,8 +312,14 @@ class SqliteExecutor(Executor):
         return self._use(write=False)
 
     async def close(self) -> None:
-        if self._conn is not None:
-            conn, self._conn, self._raw = self._conn, None, None
-            await conn.__aexit__(None, None, None)
-        if self._database.is_connected:
-            await self._database.disconnect()
+        """Wait for the operation in progress, then close. Later operations fail as unavailable:
+        reopening would start an aiosqlite worker thread that nobody closes, and that
+        non-daemon thread keeps the process from exiting."""
+        async with self._lock:
+            self._closed = True
+            if self._conn is not None:
+                conn, self._conn, self._raw = self._conn, None, None
+                await conn.__aexit__(None, None, None)
+            if self._connected_here and self._database.is_connected:
+                # a caller's own, already connected Database stays the caller's to close
+                await self._database.disconnect()
