@@ -115,9 +115,10 @@ class CreditMiddleware:
         if self.redis is None and redis_url:
             self.redis = redis_from_url(redis_url, timeout=min(timeout, 1.0))
             self._owned.append(self.redis.aclose)
+        self._owns_ledger = ledger is None and provisioner is None
         if ledger is None:
             ledger = provisioner.ledger if provisioner else Ledger(database_url, timeout=timeout)
-            if provisioner is None:
+            if self._owns_ledger:
                 self._owned.append(ledger.close)
         self.ledger = ledger
         locks: ProvisionLocks = (
@@ -170,7 +171,7 @@ class CreditMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self.app(scope, receive, self._on_shutdown(send))
+            await self.app(scope, self._on_startup(receive), self._on_shutdown(send))
             return
         price = self.pricing.price(scope) if scope["type"] == "http" else None
         if price is None:
@@ -193,6 +194,15 @@ class CreditMiddleware:
         overhead = time.perf_counter() - started
         await bill.run(self, scope, receive, send)
         self.observer.request_overhead(overhead + bill.post_seconds)
+
+    def _on_startup(self, receive: Receive) -> Receive:
+        async def wrapped() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.startup" and self._owns_ledger:
+                self.ledger.reopen()  # a second lifespan (tests, reloads) after a shutdown
+            return message
+
+        return wrapped
 
     def _on_shutdown(self, send: Send) -> Send:
         async def wrapped(message: Message) -> None:

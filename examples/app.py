@@ -101,6 +101,7 @@ class Services:
         self._lock = asyncio.Lock()
 
     async def ready(self) -> None:
+        self.ledger.reopen()  # after an earlier lifespan's close(), as when tests restart it
         async with self._lock:
             if not self._migrated:
                 await self.ledger.migrate()

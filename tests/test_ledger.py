@@ -408,6 +408,9 @@ async def test_a_closed_ledger_stays_closed(ledger_url: str) -> None:
         await led.balance("acct")
     assert {t.ident for t in threading.enumerate()} <= threads
     await led.close()  # closing twice is harmless
-    async with Ledger(ledger_url) as again:
-        assert (await again.balance("acct")).available == 5
-        assert (await again.verify()).ok
+    led.reopen()  # an explicit reopen (a second lifespan) makes it usable again
+    try:
+        assert (await led.debit("acct", "0.001")).available == D("4.999")
+        assert (await led.verify()).ok
+    finally:
+        await led.close()

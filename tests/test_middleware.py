@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -214,3 +215,33 @@ async def test_websocket_and_lifespan_pass_through(ledger: Ledger) -> None:
     await mw({"type": "websocket", "path": "/v1/echo", "headers": []}, receive, send)
     await mw({"type": "lifespan"}, receive, send)
     assert seen == ["websocket", "lifespan"]
+
+
+@asynccontextmanager
+async def serving(app: Any) -> AsyncIterator[None]:
+    """Run an ASGI app's lifespan around the block, as a server does."""
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    scope = {"type": "lifespan", "asgi": {"version": "3.0"}}
+    task = asyncio.create_task(app(scope, inbox.get, outbox.put))
+    await inbox.put({"type": "lifespan.startup"})
+    assert (await asyncio.wait_for(outbox.get(), 10))["type"] == "lifespan.startup.complete"
+    try:
+        yield
+    finally:
+        await inbox.put({"type": "lifespan.shutdown"})
+        assert (await asyncio.wait_for(outbox.get(), 10))["type"] == "lifespan.shutdown.complete"
+        await asyncio.wait_for(task, 10)
+
+
+async def test_an_app_restarted_in_the_same_process_keeps_billing(ledger_url: str) -> None:
+    """The middleware closes the ledger it built at lifespan shutdown; a second lifespan on the
+    same app object (test clients, reloads) must find it usable again, not a 503."""
+    app = build_app(database_url=ledger_url)
+    for round_ in range(2):
+        async with serving(app), client(app) as c:
+            r = await c.get("/v1/echo", headers=bearer("restarted"))
+            assert r.status_code == 200, (round_, r.text)
+    async with Ledger(ledger_url) as led:
+        assert await balance(led, "restarted") == Decimal("4.998")
+        assert (await led.verify()).ok

@@ -63,13 +63,17 @@ async def test_every_layer_reaches_the_same_single_grant(ledger: Ledger) -> None
     assert recorder.events == [("signup", "created")]  # the rest found the account at once
 
 
-async def test_known_accounts_are_cached_per_instance(ledger: Ledger) -> None:
-    prov = Provisioner(ledger, known_cache_size=2)
+async def test_known_accounts_are_cached_per_instance(ledger_url: str) -> None:
+    led = Ledger(ledger_url)
+    await led.migrate()
+    prov = Provisioner(led, known_cache_size=2)
     await prov.ensure_account("a", layer="request")
-    await ledger.close()  # with the cache, a known account needs no database at all
+    await led.close()  # with the cache, a known account needs no database at all
     assert not (await prov.ensure_account("a", layer="request")).created
-    other = Provisioner(ledger)  # another instance shares nothing
+    other = Provisioner(led)  # another instance shares nothing
     assert "a" not in other._known
+    with pytest.raises(BackendUnavailable):  # and has to ask the (closed) database
+        await other.ensure_account("a", layer="request")
 
 
 async def test_unverified_email_gets_an_account_without_credits(ledger: Ledger) -> None:

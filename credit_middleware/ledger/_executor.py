@@ -51,6 +51,7 @@ class Executor(abc.ABC):
     """Hands out connections: ``transaction()`` for writes, ``read()`` for reads."""
 
     dialect: Dialect
+    _closed: bool = False
 
     @abc.abstractmethod
     def transaction(self) -> AbstractAsyncContextManager[Conn]: ...
@@ -59,7 +60,12 @@ class Executor(abc.ABC):
     def read(self) -> AbstractAsyncContextManager[Conn]: ...
 
     @abc.abstractmethod
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Close the connections; until ``reopen()``, operations raise ``BackendUnavailable``."""
+
+    def reopen(self) -> None:
+        """Allow use again after ``close()``; connections open lazily on the next operation."""
+        self._closed = False
 
 
 # --------------------------------------------------------------------------- asyncpg
@@ -129,7 +135,6 @@ class AsyncpgExecutor(Executor):
         self._timeout = timeout
         self._lock = asyncio.Lock()
         self._errors = pg_errors()
-        self._closed = False
 
     async def _get_pool(self) -> Any:
         if self._pool is not None:
@@ -248,7 +253,6 @@ class SqliteExecutor(Executor):
         self._raw: Any = None
         self._lock = asyncio.Lock()
         self._cache: dict[str, str] = {}
-        self._closed = False
         self._connected_here = False
 
     async def _open(self) -> Any:

@@ -123,13 +123,22 @@ class Ledger:
         return int(self._clock() * 1_000_000)
 
     async def __aenter__(self) -> Ledger:
+        self._x.reopen()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     async def close(self) -> None:
+        """Close the connections, after the operation in progress. Until ``reopen()``, later
+        operations raise ``BackendUnavailable`` rather than silently opening connections that
+        nothing would close (a stray task outliving its app, say)."""
         await self._x.close()
+
+    def reopen(self) -> None:
+        """Make a closed ledger usable again (an app whose lifespan runs twice, as in tests);
+        connections open lazily on the next operation."""
+        self._x.reopen()
 
     async def migrate(self) -> list[int]:
         """Create or upgrade the schema; safe when several processes start at once."""
