@@ -15,7 +15,9 @@ class Observer:
 
     def provisioned(self, layer: str, outcome: str) -> None:
         """A provisioning attempt: outcome is ``created`` (account + trial grant), ``denied``
-        (account without trial, see the policy), ``existing`` (nothing to do), or ``failed``.
+        (account without trial, see the policy), ``late_grant`` (a denied trial granted once the
+        refusal no longer held, e.g. the e-mail got verified), ``existing`` (nothing to do), or
+        ``failed``.
         The signup decorator adds ``timeout`` (over its budget, finishing in the background),
         ``retry``, ``abandoned`` (retries exhausted), ``deferred`` and ``skipped`` (left to the
         first request, e.g. an e-mail not verified yet)."""

@@ -102,7 +102,8 @@ class PrometheusObserver(RecentRefusals):
         ns = namespace
         self.provisioning = prom.Counter(
             f"{ns}_provisioning",
-            "Provisioning attempts by layer and outcome (created, denied, existing, failed).",
+            "Provisioning attempts by layer and outcome (created, denied, late_grant, existing,"
+            " failed, ...).",
             ["layer", "outcome"],
             registry=self.registry,
         )

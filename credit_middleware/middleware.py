@@ -309,6 +309,11 @@ class CreditMiddleware:
         for attempt in (1, 2):
             try:
                 return await self._money(identity.account_id, bill, key)
+            except InsufficientCredits:
+                # A trial denied earlier (an unverified e-mail) may be due now; the provisioner
+                # answers without I/O once it knows the account is settled.
+                if attempt == 2 or not await self._late_trial(identity):
+                    raise
             except AccountNotFound:
                 if attempt == 2:
                     raise BackendUnavailable(
@@ -320,6 +325,17 @@ class CreditMiddleware:
                 )
                 self._remember(identity.account_id, result.tier)
         raise AssertionError("unreachable")
+
+    async def _late_trial(self, identity: Identity) -> bool:
+        """Whether deciding the identity's trial again granted it (the 402 stands otherwise,
+        also when the ledger cannot be asked)."""
+        if not self.provisioner.may_reconsider(identity):
+            return False
+        try:
+            result = await self.call(self.provisioner.ensure_account(identity, layer="request"))
+        except BackendUnavailable:
+            return False
+        return result.granted
 
     async def _money(self, aid: str, bill: _Bill, key: str | None) -> Receipt:
         amount = from_micros(bill.micros)

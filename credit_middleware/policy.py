@@ -73,6 +73,12 @@ class TrialPolicy:
         digest = hashlib.sha256(account_id.encode("utf-8")).digest()
         return names[int.from_bytes(digest[:8], "big") % len(names)]
 
+    def reconsiders(self, reason: str | None, identity: Identity) -> bool:
+        """Whether an account whose trial was denied for ``reason`` is decided again for this
+        identity: a user refused for an unverified e-mail gets the trial once a credential
+        says the e-mail is verified. Other refusals (an IP cap, a custom check) stand."""
+        return reason == "email_not_verified" and identity.email_verified is True
+
     async def decide(self, identity: Identity) -> TrialDecision:
         cohort = self.cohort_of(identity.account_id)
         amount = self.cohorts[cohort] if self.cohorts and cohort else self.amount

@@ -18,8 +18,9 @@ from typing import Literal
 from .events import NULL_OBSERVER, Observer
 from .identity import Identity
 from .ledger import Ledger
+from .ledger.models import Account
 from .locks import LocalLocks, ProvisionLocks
-from .policy import TrialPolicy
+from .policy import TrialDecision, TrialPolicy
 
 __all__ = ["Layer", "ProvisionResult", "Provisioner"]
 
@@ -58,18 +59,30 @@ class Provisioner:
         self.ledger = ledger
         self.policy = policy or TrialPolicy()
         self.locks: ProvisionLocks = locks or LocalLocks()
-        self._known: OrderedDict[str, str] = OrderedDict()
+        # account -> (tier, why its trial was denied or None): what this process knows settled
+        self._known: OrderedDict[str, tuple[str, str | None]] = OrderedDict()
         self._known_max = known_cache_size
         self.observer = observer or NULL_OBSERVER
 
-    def _remember(self, account_id: str, tier: str) -> None:
-        self._known[account_id] = tier
+    def _remember(self, account_id: str, tier: str, denied: str | None = None) -> None:
+        self._known[account_id] = (tier, denied)
         self._known.move_to_end(account_id)
         while len(self._known) > self._known_max:
             self._known.popitem(last=False)
 
     def forget(self, account_id: str) -> None:
         self._known.pop(account_id, None)
+
+    def may_reconsider(self, identity: Identity | str) -> bool:
+        """Whether ``ensure_account`` could still give this identity a trial its account was
+        denied (e.g. its e-mail is verified now), without I/O: False for an identity the
+        policy would not reconsider, or one whose account this process knows is settled."""
+        ident = Identity.of(identity)
+        known = self._known.get(ident.account_id)
+        if known is not None:
+            return self.policy.reconsiders(known[1], ident)
+        # unknown here: worth one read if any earlier refusal could be cured by this identity
+        return self.policy.reconsiders("email_not_verified", ident)
 
     async def ensure_account(
         self, identity: Identity | str, *, layer: Layer, missing: bool = False
@@ -84,9 +97,9 @@ class Provisioner:
             raise ValueError(f"layer must be one of {LAYERS}, not {layer!r}")
         ident = Identity.of(identity)
         aid = ident.account_id
-        tier = self._known.get(aid)
-        if tier is not None:
-            return ProvisionResult(aid, layer, False, False, tier, Decimal(0))
+        known = self._known.get(aid)
+        if known is not None and not self.policy.reconsiders(known[1], ident):
+            return ProvisionResult(aid, layer, False, False, known[0], Decimal(0), reason=known[1])
         try:
             account = None if missing else await self.ledger.get_account(aid)
         except Exception:
@@ -104,20 +117,33 @@ class Provisioner:
                 outcome = "created" if result.granted else "denied"
             self.observer.provisioned(layer, outcome)
             return result
-        self._remember(aid, account.tier)
-        return ProvisionResult(aid, layer, False, False, account.tier, Decimal(0), account.cohort)
+        denied = _denied(account)
+        if self.policy.reconsiders(denied, ident):
+            try:
+                async with self.locks.acquire(aid):
+                    result = await self._reconsider(ident, layer)
+            except Exception:
+                self.observer.provisioned(layer, "failed")
+                raise
+            self.observer.provisioned(layer, "late_grant" if result.granted else "existing")
+            return result
+        self._remember(aid, account.tier, denied)
+        return ProvisionResult(
+            aid, layer, False, False, account.tier, Decimal(0), account.cohort, denied
+        )
 
     async def _provision(self, ident: Identity, layer: str) -> ProvisionResult:
         aid = ident.account_id
         account = await self.ledger.get_account(aid)  # another holder of the lock may have won
         if account is not None:
-            self._remember(aid, account.tier)
+            if self.policy.reconsiders(_denied(account), ident):
+                return await self._reconsider(ident, layer)
+            self._remember(aid, account.tier, _denied(account))
             return ProvisionResult(
-                aid, layer, False, False, account.tier, Decimal(0), account.cohort
+                aid, layer, False, False, account.tier, Decimal(0), account.cohort, _denied(account)
             )
         decision = await self.policy.decide(ident)
-        now = datetime.fromtimestamp(self.ledger.now_us() / 1_000_000, tz=timezone.utc)
-        expires = now + decision.valid_for if decision.valid_for is not None else None
+        expires = self._expiry(decision)
         meta: dict[str, object] = {"provisioned_by": layer}
         if decision.reason:
             meta["trial_denied"] = decision.reason
@@ -134,8 +160,8 @@ class Provisioner:
             account_metadata=meta,
             grant_metadata={"cohort": decision.cohort} if decision.cohort else None,
         )
-        self._remember(aid, account.tier)
         granted = receipt is not None and not receipt.replayed
+        self._remember(aid, account.tier, None if granted else _denied(account))
         if created:
             log.info(
                 "provisioned account via %s (granted=%s, reason=%s)",
@@ -152,5 +178,57 @@ class Provisioner:
             account.tier,
             decision.amount if granted and decision.amount is not None else Decimal(0),
             account.cohort,
-            account.metadata.get("trial_denied") if isinstance(account.metadata, dict) else None,
+            _denied(account),
         )
+
+    async def _reconsider(self, ident: Identity, layer: str) -> ProvisionResult:
+        """Decide again for an existing account whose trial was denied, under the lock.
+
+        The trial's fixed key and the one-trial-per-account index still make this grant at
+        most once, however many layers and processes reconsider at the same moment. The
+        account keeps its ``trial_denied`` record (the ledger is an audit trail); the grant
+        notes the refusal it replaced.
+        """
+        aid = ident.account_id
+        account = await self.ledger.get_account(aid)
+        if account is None:  # accounts are never deleted; be safe anyway
+            return await self._provision(ident, layer)
+        before = _denied(account)
+        decision = await self.policy.decide(ident)
+        if not decision.eligible:
+            self._remember(aid, account.tier, decision.reason)
+            return ProvisionResult(
+                aid, layer, False, False, account.tier, Decimal(0), account.cohort, decision.reason
+            )
+        grant_meta: dict[str, object] = {"reconsidered": str(before)}
+        if decision.cohort:
+            grant_meta["cohort"] = decision.cohort
+        _, _, receipt = await self.ledger.provision(
+            aid,
+            tier=account.tier,
+            trial_amount=decision.amount,
+            trial_expires_at=self._expiry(decision),
+            priority=decision.priority,
+            cohort=account.cohort,
+            layer=layer,
+            grant_metadata=grant_meta,
+        )
+        granted = receipt is not None and not receipt.replayed
+        self._remember(aid, account.tier, None)
+        if granted:
+            log.info("trial granted late via %s (was denied: %s)", layer, before)
+            log.debug("trial granted late to account %r via %s", aid, layer)
+        amount = decision.amount if granted and decision.amount is not None else Decimal(0)
+        return ProvisionResult(aid, layer, False, granted, account.tier, amount, account.cohort)
+
+    def _expiry(self, decision: TrialDecision) -> datetime | None:
+        if decision.valid_for is None:
+            return None
+        now = datetime.fromtimestamp(self.ledger.now_us() / 1_000_000, tz=timezone.utc)
+        return now + decision.valid_for
+
+
+def _denied(account: Account) -> str | None:
+    """Why the account's trial was denied when it was opened, if it was."""
+    reason = account.metadata.get("trial_denied") if isinstance(account.metadata, dict) else None
+    return reason if isinstance(reason, str) else None

@@ -1,6 +1,8 @@
 """A separate process hammering one account, for the cross-process concurrency tests.
 
 Usage: python tests/_worker.py OP URL ACCOUNT TASKS START_AT [REDIS_URL PREFIX]
+OP: ``ensure`` (first requests), ``reconsider`` (the same, from a verified user whose trial was
+denied for an unverified e-mail) or ``debit``.
 Prints one JSON line with what it saw. Starts all its tasks at START_AT (epoch seconds) so
 several processes collide.
 """
@@ -13,7 +15,7 @@ import sys
 import time
 from typing import Any
 
-from credit_middleware import InsufficientCredits, Ledger, Provisioner
+from credit_middleware import Identity, InsufficientCredits, Ledger, Provisioner, TrialPolicy
 
 
 async def main(argv: list[str]) -> dict[str, Any]:
@@ -28,14 +30,15 @@ async def main(argv: list[str]) -> dict[str, Any]:
 
         client = redis.Redis.from_url(argv[5])
         locks = RedisLocks(client, prefix=argv[6])
-    prov = Provisioner(ledger, locks=locks)
+    prov = Provisioner(ledger, TrialPolicy(require_verified_email=True), locks=locks)
     await ledger.get_account("warm-up")  # open the pool before the start line
     await asyncio.sleep(max(0.0, float(start_at) - time.time()))
     out: dict[str, Any] = {"ok": 0, "insufficient": 0, "created": 0, "granted": 0}
 
     async def one() -> None:
-        if op == "ensure":
-            r = await prov.ensure_account(account, layer="request")
+        if op in ("ensure", "reconsider"):
+            who = Identity(account, email_verified=True)
+            r = await prov.ensure_account(who, layer="request")
             out["created"] += r.created
             out["granted"] += r.granted
         else:

@@ -13,7 +13,15 @@ from typing import Any
 
 import pytest
 
-from credit_middleware import InsufficientCredits, Ledger, LocalLocks, Provisioner, RedisLocks
+from credit_middleware import (
+    Identity,
+    InsufficientCredits,
+    Ledger,
+    LocalLocks,
+    Provisioner,
+    RedisLocks,
+    TrialPolicy,
+)
 
 pytestmark = pytest.mark.anyio
 WORKER = Path(__file__).with_name("_worker.py")
@@ -102,6 +110,33 @@ async def test_ensure_from_processes_with_redis_lock(pg_url: str, redis_client: 
         assert len(await ledger.history("multi-r")) == 1
         assert (await ledger.verify()).ok
     assert [k async for k in redis_client.scan_iter(match=prefix + "*")] == []  # released
+
+
+@pytest.mark.slow
+async def test_a_late_trial_from_several_processes_is_granted_once(
+    pg_url: str, redis_client: Any
+) -> None:
+    """A user denied for an unverified e-mail comes back verified, in 4 processes at once
+    (half of them without the Redis lock): one late trial grant."""
+    async with Ledger(pg_url) as ledger:
+        await ledger.migrate()
+        denied = await Provisioner(ledger, TrialPolicy(require_verified_email=True)).ensure_account(
+            Identity("late", email_verified=False), layer="request"
+        )
+        assert not denied.granted
+    redis_url = "redis://127.0.0.1:6379/0"
+    prefix = redis_client.test_prefix + "lock:"
+    locked, unlocked = await asyncio.gather(
+        asyncio.to_thread(run_processes, 2, "reconsider", pg_url, "late", "40", redis_url, prefix),
+        asyncio.to_thread(run_processes, 2, "reconsider", pg_url, "late", "40"),
+    )
+    results = locked + unlocked
+    assert sum(r["created"] for r in results) == 0
+    assert sum(r["granted"] for r in results) == 1
+    async with Ledger(pg_url) as ledger:
+        assert [e.kind for e in await ledger.history("late")] == ["grant"]
+        assert (await ledger.balance("late")).available == 5
+        assert (await ledger.verify()).ok
 
 
 @pytest.mark.slow

@@ -313,3 +313,33 @@ async def test_mountable_with_the_real_clock(ledger: Ledger) -> None:
         r = await c.post("/hooks/idp/", content=body, headers=signed(body, ts=int(time.time())))
     assert r.status_code == 200
     assert await trial_grants(ledger, "mounted") == 1
+
+
+async def test_a_verified_email_event_grants_the_denied_trial_once(ledger: Ledger) -> None:
+    """Keycloak's VERIFY_EMAIL (or a generic user.email_verified) reaches a user whose first
+    request, with an unverified token, opened an account without a trial."""
+    policy = TrialPolicy(require_verified_email=True)
+    lazy = await Provisioner(ledger, policy).ensure_account(
+        Identity("kc-v", email_verified=False), layer="request"
+    )
+    assert lazy.reason == "email_not_verified"
+    h = Hook(Provisioner(ledger, policy))
+    try:
+        r = await h.deliver(keycloak("kc-v", type="VERIFY_EMAIL"))
+        assert r.status_code == 200, r.text
+        assert r.json() == {"status": "granted", "account_id": "kc-v", "granted": True}
+        for event in (  # duplicate deliveries, in both shapes: nothing more
+            keycloak("kc-v", type="VERIFY_EMAIL"),
+            {"event": "user.email_verified", "user_id": "kc-v"},
+        ):
+            r = await h.deliver(event)
+            assert r.json()["status"] == "existing", r.text
+        r = await h.deliver(
+            {"event": "user.email_verified", "user_id": "kc-v", "email_verified": False}
+        )
+        assert r.status_code == 400
+    finally:
+        await h.aclose()
+    assert await trial_grants(ledger, "kc-v") == 1
+    bal = await ledger.balance("kc-v")
+    assert bal.available == 5 and bal.grants[0].layer == "webhook"

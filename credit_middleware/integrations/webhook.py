@@ -3,7 +3,9 @@
 A small ASGI app to mount (``Mount("/hooks/idp", app=WebhookReceiver(...))`` or
 ``Route(..., endpoint=receiver, methods=["POST"])``). It accepts Keycloak event-listener JSON
 (``{"type": "REGISTER", "userId": ..., "realmId": ..., "ipAddress": ..., "details": {"email":
-...}}``) and a generic ``{"event": "user.created", "user_id": ...}``.
+...}}``) and a generic ``{"event": "user.created", "user_id": ...}``. Keycloak's ``VERIFY_EMAIL``
+and a generic ``user.email_verified`` say the user's e-mail is verified now: a trial denied for
+an unverified e-mail is granted then (once), without waiting for the user's next request.
 
 Every delivery is signed: ``X-Credit-Timestamp: <unix seconds>`` and ``X-Credit-Signature:
 sha256=<hex HMAC-SHA256 of "<timestamp>." + raw body>`` with a shared secret. The timestamp
@@ -67,7 +69,7 @@ def parse_event(event: Mapping[str, Any]) -> Identity | None:
     Raises ValueError for a body that is not a readable event.
     """
     if "type" in event and "event" not in event:  # Keycloak event listener
-        if event["type"] != "REGISTER":
+        if event["type"] not in ("REGISTER", "VERIFY_EMAIL"):
             return None
         details = event.get("details")
         details = {} if details is None else details
@@ -76,9 +78,9 @@ def parse_event(event: Mapping[str, Any]) -> Identity | None:
         user_id = _str(event.get("userId"), "userId", required=True)
         email = _str(details.get("email"), "details.email")
         client_ip = _str(event.get("ipAddress"), "ipAddress")
-        verified = None
+        verified = True if event["type"] == "VERIFY_EMAIL" else None
     elif "event" in event:
-        if event["event"] != "user.created":
+        if event["event"] not in ("user.created", "user.email_verified"):
             return None
         user_id = _str(event.get("user_id"), "user_id", required=True)
         email = _str(event.get("email"), "email")
@@ -86,6 +88,10 @@ def parse_event(event: Mapping[str, Any]) -> Identity | None:
         verified = event.get("email_verified")
         if verified is not None and not isinstance(verified, bool):
             raise _Malformed("email_verified must be a boolean")
+        if event["event"] == "user.email_verified":
+            if verified is False:
+                raise _Malformed("a user.email_verified event with email_verified false")
+            verified = True
     else:
         raise _Malformed("not an event: expected a 'type' or an 'event' member")
     assert user_id is not None
@@ -209,7 +215,7 @@ class WebhookReceiver:
                 "provisioning failed; retry the delivery",
                 **{"retry-after": "30"},
             )
-        status = "existing"
+        status = "granted" if result.granted else "existing"  # granted: a late trial
         if result.created:
             status = "created" if result.granted else "denied"
         body_out: dict[str, Any] = {"status": status, "account_id": result.account_id}
