@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from ._redis import close_redis, redis_from_url
 from .abuse import IP_TRIAL_LIMIT, TrialIpCap
 from .errors import (
     AccountNotFound,
@@ -91,7 +92,9 @@ __all__ = [
     "TrustedProxies",
     "VerifyReport",
     "build_report",
+    "close_redis",
     "provision",
     "provision_credits",
+    "redis_from_url",
     "render_text",
 ]

@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import _bill
 from ._aio import bounded
 from ._bill import _Bill, idempotency_key
-from ._redis import redis_from_url
+from ._redis import close_redis, redis_from_url
 from .errors import (
     AccountNotFound,
     BackendUnavailable,
@@ -113,8 +113,8 @@ class CreditMiddleware:
         self._owned: list[Callable[[], Awaitable[Any]]] = []
         self.redis = redis
         if self.redis is None and redis_url:
-            self.redis = redis_from_url(redis_url, timeout=min(timeout, 1.0))
-            self._owned.append(self.redis.aclose)
+            client = self.redis = redis_from_url(redis_url, timeout=min(timeout, 1.0))
+            self._owned.append(lambda: close_redis(client))
         self._owns_ledger = ledger is None and provisioner is None
         if ledger is None:
             ledger = provisioner.ledger if provisioner else Ledger(database_url, timeout=timeout)

@@ -22,6 +22,7 @@ from limits.aio import storage as lstorage
 from limits.aio import strategies
 
 from ._aio import bounded
+from ._redis import limits_storage
 from .errors import BackendUnavailable, ConfigurationError
 from .events import NULL_OBSERVER, Observer
 
@@ -108,13 +109,7 @@ class RateLimiter:
         self._local = self._strategy(lstorage.MemoryStorage())
         self._remote: strategies.RateLimiter | None = None
         if redis is not None:
-            store = lstorage.RedisStorage(
-                "async+redis://",
-                implementation="redispy",
-                key_prefix=key_prefix,
-                connection_pool=redis.connection_pool,
-            )
-            self._remote = self._strategy(store)
+            self._remote = self._strategy(limits_storage(redis, key_prefix=key_prefix))
         self._policy = on_redis_error
         self._timeout = timeout
         self._recheck = recheck

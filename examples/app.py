@@ -29,7 +29,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
 
-from credit_middleware import Identity, Ledger, LocalLocks, Provisioner, RedisLocks, TrialPolicy
+from credit_middleware import (
+    Identity,
+    Ledger,
+    LocalLocks,
+    Provisioner,
+    RedisLocks,
+    TrialPolicy,
+    close_redis,
+    redis_from_url,
+)
 from credit_middleware.admin import admin_app, bearer_token_guard
 from credit_middleware.errors import AccountNotFound
 from credit_middleware.metrics import PrometheusObserver, metrics_app
@@ -85,12 +94,8 @@ class Services:
         self.settings = settings
         self.ledger = Ledger(settings.database_url)
         self.redis: Any = None
-        if settings.redis_url:
-            import redis.asyncio as redis
-
-            self.redis = redis.Redis.from_url(
-                settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
-            )
+        if settings.redis_url:  # redis://, rediss://, redis+sentinel:// or redis+cluster://
+            self.redis = redis_from_url(settings.redis_url, timeout=1.0)
         locks = RedisLocks(self.redis) if self.redis is not None else LocalLocks()
         policy = TrialPolicy(amount=settings.trial_amount)
         # one observer for everything: Prometheus counters and the dashboard's recent refusals
@@ -110,7 +115,7 @@ class Services:
     async def close(self) -> None:
         await self.ledger.close()
         if self.redis is not None:
-            await self.redis.aclose()
+            await close_redis(self.redis)
 
     def token(self, user_id: str, email: str | None, *, lifetime: int = 3600) -> str:
         claims = {"sub": user_id, "email": email, "email_verified": False}
