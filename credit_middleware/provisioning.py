@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -106,31 +107,34 @@ class Provisioner:
             self.observer.provisioned(layer, "failed")
             raise
         if account is None:
-            try:
-                async with self.locks.acquire(aid):
-                    result = await self._provision(ident, layer)
-            except Exception:
-                self.observer.provisioned(layer, "failed")
-                raise
-            outcome = "existing"
-            if result.created:
-                outcome = "created" if result.granted else "denied"
-            self.observer.provisioned(layer, outcome)
-            return result
+            return await self._locked(self._provision, ident, layer)
         denied = _denied(account)
         if self.policy.reconsiders(denied, ident):
-            try:
-                async with self.locks.acquire(aid):
-                    result = await self._reconsider(ident, layer)
-            except Exception:
-                self.observer.provisioned(layer, "failed")
-                raise
-            self.observer.provisioned(layer, "late_grant" if result.granted else "existing")
-            return result
+            return await self._locked(self._reconsider, ident, layer)
         self._remember(aid, account.tier, denied)
         return ProvisionResult(
             aid, layer, False, False, account.tier, Decimal(0), account.cohort, denied
         )
+
+    async def _locked(
+        self,
+        step: Callable[[Identity, str], Awaitable[ProvisionResult]],
+        ident: Identity,
+        layer: str,
+    ) -> ProvisionResult:
+        """Run a provisioning step under the account's lock and report its outcome."""
+        try:
+            async with self.locks.acquire(ident.account_id):
+                result = await step(ident, layer)
+        except Exception:
+            self.observer.provisioned(layer, "failed")
+            raise
+        if result.created:
+            outcome = "created" if result.granted else "denied"
+        else:
+            outcome = "late_grant" if result.granted else "existing"
+        self.observer.provisioned(layer, outcome)
+        return result
 
     async def _provision(self, ident: Identity, layer: str) -> ProvisionResult:
         aid = ident.account_id
