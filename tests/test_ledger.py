@@ -414,3 +414,24 @@ async def test_a_closed_ledger_stays_closed(ledger_url: str) -> None:
         assert (await led.verify()).ok
     finally:
         await led.close()
+
+
+async def test_a_callers_asyncpg_pool_is_neither_closed_nor_bypassed(pg_url: str) -> None:
+    import asyncpg
+
+    from credit_middleware.ledger._executor import AsyncpgExecutor
+
+    pool = await asyncpg.create_pool(pg_url, min_size=1, max_size=2)
+    try:
+        led = Ledger(executor=AsyncpgExecutor(pool=pool))
+        await led.migrate()
+        await funded(led)
+        await led.close()
+        with pytest.raises(BackendUnavailable, match="closed"):
+            await led.balance("acct")
+        assert await pool.fetchval("SELECT 1") == 1  # still the caller's, still open
+        led.reopen()
+        assert (await led.debit("acct", "1")).available == 4
+        assert (await led.verify()).ok
+    finally:
+        await pool.close()

@@ -137,7 +137,7 @@ class AsyncpgExecutor(Executor):
         self._errors = pg_errors()
 
     async def _get_pool(self) -> Any:
-        if self._pool is not None:
+        if self._pool is not None and not self._closed:
             return self._pool
         async with self._lock:
             if self._closed:
@@ -182,9 +182,10 @@ class AsyncpgExecutor(Executor):
         instead of opening a new pool that nobody would close."""
         async with self._lock:
             self._closed = True
-            pool, self._pool = self._pool, None
-            if pool is not None and self._owns_pool:
+            if self._pool is not None and self._owns_pool:
+                pool, self._pool = self._pool, None
                 await pool.close()
+            # a caller's pool stays the caller's: kept (for reopen()) and never closed here
 
 
 # --------------------------------------------------------------------------- databases / SQLite
