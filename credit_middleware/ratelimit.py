@@ -9,9 +9,11 @@ counts in this process until Redis is back (logged once per transition), ``"refu
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -37,6 +39,7 @@ _STRATEGIES: Mapping[str, type[strategies.RateLimiter]] = {
     "fixed-window": strategies.FixedWindowRateLimiter,
 }
 DEFAULT_TIERS: Mapping[str, str] = {"trial": "60/minute;1000/day"}
+_MAX_REFUSALS = 10_000  # refusals remembered per limiter (oldest dropped first)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +119,9 @@ class RateLimiter:
         self.observer = observer or NULL_OBSERVER
         self._degraded_until = 0.0
         self._degraded = False
+        # (ids, limits) -> (monotonic time it ends, when it was decided, the refusal): a client
+        # that keeps calling while refused is answered from here, without counting again
+        self._refusals: OrderedDict[Any, tuple[float, float, Verdict]] = OrderedDict()
 
     def items_for(self, tier: str, route_limits: str | None) -> tuple[RateLimitItem, ...]:
         if route_limits is not None:
@@ -134,17 +140,52 @@ class RateLimiter:
         if not items:
             return Verdict(True, ())
         ids = (self._tag, quote(account_id, safe=""), route if route_limits else "*")
+        refused = self._still_refused((ids, items))
+        if refused is not None:
+            return refused
         limiter = self._limiter()
         if limiter is self._local:
-            return await self._run(self._local, items, ids)
+            return self._note((ids, items), *await self._run(self._local, items, ids))
         try:
-            verdict = await bounded(self._run(limiter, items, ids), self._timeout)
+            verdict, wait = await bounded(self._run(limiter, items, ids), self._timeout)
         except Exception as exc:  # Redis down, slow, or misbehaving
             self._set_degraded(True, exc)
             if self._policy == "refuse":
                 raise BackendUnavailable("redis", repr(exc)) from None
-            return await self._run(self._local, items, ids)
+            return self._note((ids, items), *await self._run(self._local, items, ids))
         self._set_degraded(False, None)
+        return self._note((ids, items), verdict, wait)
+
+    def _still_refused(self, key: Any) -> Verdict | None:
+        """A refusal that still holds, with its times counted down; None if there is none.
+
+        Every limit of a request is counted at once (one round trip), so a refused request
+        still spends a slot of its other limits. Answering a client that keeps calling from
+        here, until the refusal ends, means a retry storm spends one slot of its daily budget,
+        not one per call (and costs no Redis round trip). Nothing frees a slot before the
+        reset time the limit reported, so nothing is refused that would have been allowed."""
+        entry = self._refusals.get(key)
+        if entry is None:
+            return None
+        until, since, verdict = entry
+        now = time.monotonic()
+        if now >= until:
+            del self._refusals[key]
+            return None
+        gone = now - since
+        states = tuple(
+            dataclasses.replace(st, reset=max(0, math.ceil(st.reset - gone)))
+            for st in verdict.states
+        )
+        return Verdict(False, states, max(1, math.ceil(until - now)), verdict.exceeded)
+
+    def _note(self, key: Any, verdict: Verdict, wait: float) -> Verdict:
+        if not verdict.allowed and wait > 0:
+            now = time.monotonic()
+            self._refusals[key] = (now + wait, now, verdict)
+            self._refusals.move_to_end(key)
+            while len(self._refusals) > _MAX_REFUSALS:
+                self._refusals.popitem(last=False)
         return verdict
 
     def _limiter(self) -> strategies.RateLimiter:
@@ -174,26 +215,31 @@ class RateLimiter:
         limiter: strategies.RateLimiter,
         items: tuple[RateLimitItem, ...],
         ids: tuple[str, ...],
-    ) -> Verdict:
+    ) -> tuple[Verdict, float]:
+        """The verdict, and for a refusal the seconds until every exceeded limit resets."""
         # The limits are independent keys: count them concurrently (one round trip's wait
         # instead of one per limit on Redis).
         if limiter is self._local:  # in memory, tasks would cost more than they save
-            states = [await self._one(limiter, item, ids) for item in items]
+            counted = [await self._one(limiter, item, ids) for item in items]
         else:
-            states = await asyncio.gather(*(self._one(limiter, item, ids) for item in items))
-        for state, ok in states:
-            if not ok:
-                plain = tuple(st for st, _ in states)
-                return Verdict(False, plain, max(1, state.reset), state.name)
-        return Verdict(True, tuple(st for st, _ in states))
+            counted = await asyncio.gather(*(self._one(limiter, item, ids) for item in items))
+        states = tuple(state for state, _, _ in counted)
+        exceeded = [(state, left) for state, ok, left in counted if not ok]
+        if not exceeded:
+            return Verdict(True, states), 0.0
+        # allowed again only once every exceeded limit has a free slot
+        state, left = max(exceeded, key=lambda pair: pair[1])
+        return Verdict(False, states, max(1, state.reset), state.name), left
 
     async def _one(
         self, limiter: strategies.RateLimiter, item: RateLimitItem, ids: tuple[str, ...]
-    ) -> tuple[LimitState, bool]:
+    ) -> tuple[LimitState, bool, float]:
         ok = await limiter.hit(item, *ids)
         stats = await limiter.get_window_stats(item, *ids)
-        reset = max(0, math.ceil(stats.reset_time - time.time()))
-        return LimitState(_name(item), item.amount, item.get_expiry(), stats.remaining, reset), ok
+        left = stats.reset_time - time.time()
+        reset = max(0, math.ceil(left))
+        state = LimitState(_name(item), item.amount, item.get_expiry(), stats.remaining, reset)
+        return state, ok, left
 
 
 def rate_limit_headers(verdict: Verdict, *, legacy: bool = False) -> list[tuple[str, str]]:
