@@ -159,7 +159,10 @@ async def close_redis(client: Any) -> None:
 
 def _split(rest: str, url: str) -> tuple[str | None, str | None, list[tuple[str, int]], str]:
     """``[[user]:password@]host:port[,host:port...][/path]`` of a multi-host URL."""
-    rest = rest.split("?", 1)[0].split("#", 1)[0]
+    if "?" in rest or "#" in rest:  # dropping them silently would ignore what was asked for
+        raise ConfigurationError(
+            f"{_safe(url)!r}: Sentinel and Cluster URLs take no ?options; pass a client instead"
+        )
     hosts, slash, path = rest.partition("/")
     user = password = None
     if "@" in hosts:

@@ -26,7 +26,7 @@ from limits.aio.strategies import (
 )
 from limits.storage import storage_from_string
 
-from ._redis import is_cluster, limits_storage
+from ._redis import limits_storage
 from .errors import ConfigurationError
 from .events import NULL_OBSERVER, Observer
 from .identity import Identity
@@ -54,11 +54,12 @@ def _storage(spec: Any, key_prefix: str) -> Storage:
         return spec
     options: dict[str, Any] = {}
     if not isinstance(spec, str):
-        if getattr(spec, "connection_pool", None) is None and not is_cluster(spec):
+        try:
+            storage: Storage = limits_storage(spec, key_prefix=key_prefix)  # the app's Redis
+        except ConfigurationError:
             raise ConfigurationError(
                 "storage must be a URL, a limits.aio.storage.Storage or a redis.asyncio client"
-            )
-        storage: Storage = limits_storage(spec, key_prefix=key_prefix)  # the app's Redis
+            ) from None
         return storage
     url = spec if spec.startswith("async+") else "async+" + spec
     if url.startswith(("async+redis", "async+rediss")):

@@ -140,11 +140,12 @@ class Provisioner:
         aid = ident.account_id
         account = await self.ledger.get_account(aid)  # another holder of the lock may have won
         if account is not None:
-            if self.policy.reconsiders(_denied(account), ident):
+            denied = _denied(account)
+            if self.policy.reconsiders(denied, ident):
                 return await self._reconsider(ident, layer)
-            self._remember(aid, account.tier, _denied(account))
+            self._remember(aid, account.tier, denied)
             return ProvisionResult(
-                aid, layer, False, False, account.tier, Decimal(0), account.cohort, _denied(account)
+                aid, layer, False, False, account.tier, Decimal(0), account.cohort, denied
             )
         decision = await self.policy.decide(ident)
         expires = self._expiry(decision)

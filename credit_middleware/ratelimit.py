@@ -140,21 +140,22 @@ class RateLimiter:
         if not items:
             return Verdict(True, ())
         ids = (self._tag, quote(account_id, safe=""), route if route_limits else "*")
-        refused = self._still_refused((ids, items))
-        if refused is not None:
-            return refused
+        if self._refusals:  # nothing to look up (or hash) while nobody is refused
+            refused = self._still_refused((ids, items))
+            if refused is not None:
+                return refused
         limiter = self._limiter()
         if limiter is self._local:
-            return self._note((ids, items), *await self._run(self._local, items, ids))
+            return self._note(ids, items, *await self._run(self._local, items, ids))
         try:
             verdict, wait = await bounded(self._run(limiter, items, ids), self._timeout)
         except Exception as exc:  # Redis down, slow, or misbehaving
             self._set_degraded(True, exc)
             if self._policy == "refuse":
                 raise BackendUnavailable("redis", repr(exc)) from None
-            return self._note((ids, items), *await self._run(self._local, items, ids))
+            return self._note(ids, items, *await self._run(self._local, items, ids))
         self._set_degraded(False, None)
-        return self._note((ids, items), verdict, wait)
+        return self._note(ids, items, verdict, wait)
 
     def _still_refused(self, key: Any) -> Verdict | None:
         """A refusal that still holds, with its times counted down; None if there is none.
@@ -162,8 +163,10 @@ class RateLimiter:
         Every limit of a request is counted at once (one round trip), so a refused request
         still spends a slot of its other limits. Answering a client that keeps calling from
         here, until the refusal ends, means a retry storm spends one slot of its daily budget,
-        not one per call (and costs no Redis round trip). Nothing frees a slot before the
-        reset time the limit reported, so nothing is refused that would have been allowed."""
+        not one per call (and costs no Redis round trip). In a moving or fixed window nothing
+        frees a slot before the reset time the limit reported, so nothing is refused that would
+        have been allowed; for the sliding-window counter that time is `limits`' own estimate,
+        the same one the client was given as ``Retry-After``."""
         entry = self._refusals.get(key)
         if entry is None:
             return None
@@ -179,8 +182,11 @@ class RateLimiter:
         )
         return Verdict(False, states, max(1, math.ceil(until - now)), verdict.exceeded)
 
-    def _note(self, key: Any, verdict: Verdict, wait: float) -> Verdict:
+    def _note(
+        self, ids: tuple[str, ...], items: tuple[RateLimitItem, ...], verdict: Verdict, wait: float
+    ) -> Verdict:
         if not verdict.allowed and wait > 0:
+            key = (ids, items)
             now = time.monotonic()
             self._refusals[key] = (now + wait, now, verdict)
             self._refusals.move_to_end(key)
