@@ -7,11 +7,14 @@ from decimal import Decimal
 __all__ = [
     "AccountNotFound",
     "BackendUnavailable",
+    "ChargeVoided",
     "ConfigurationError",
     "CreditError",
     "HoldNotActive",
     "HoldNotFound",
     "IdempotencyConflict",
+    "IdempotencyInFlight",
+    "IdempotencyMismatch",
     "InsufficientCredits",
     "InvalidAccountId",
     "InvalidAmount",
@@ -80,6 +83,23 @@ class IdempotencyConflict(LedgerError):
         self.key = key
 
 
+class IdempotencyMismatch(IdempotencyConflict):
+    """An ``Idempotency-Key`` was reused for a different request (another fingerprint)."""
+
+
+class IdempotencyInFlight(IdempotencyConflict):
+    """The first request with this ``Idempotency-Key`` is still being served."""
+
+
+class ChargeVoided(LedgerError):
+    """The charge id was voided (its caller answered "nothing charged"): it can never apply."""
+
+    def __init__(self, account_id: str, key: str) -> None:
+        super().__init__(f"charge {key!r} on account {account_id!r} was voided")
+        self.account_id = account_id
+        self.key = key
+
+
 class HoldNotFound(LedgerError, LookupError):
     """No hold with that id exists for the account."""
 
@@ -109,7 +129,11 @@ class RateLimited(CreditError):
 class BackendUnavailable(CreditError):
     """A database or Redis call failed or timed out; the operation may be retried."""
 
-    def __init__(self, backend: str, detail: str) -> None:
+    def __init__(self, backend: str, detail: str, *, maybe_applied: bool = False) -> None:
         super().__init__(f"{backend} unavailable: {detail}")
         self.backend = backend
         self.detail = detail
+        #: True when the failure came after the operation reached the database (a lost
+        #: connection, a timeout mid-statement): it may have committed, so its outcome is
+        #: unknown until resolved by its key.
+        self.maybe_applied = maybe_applied

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from .contract import ChargeSpec, RequestStart, StoredResponse
 from .ledger import Ledger
 from .models import Account, Balance, Discrepancy, Entry, Grant, Hold, Receipt, VerifyReport
 
 __all__ = [
     "Account",
     "Balance",
+    "ChargeSpec",
     "Discrepancy",
     "Entry",
     "Grant",
     "Hold",
     "Ledger",
     "Receipt",
+    "RequestStart",
+    "StoredResponse",
     "VerifyReport",
 ]

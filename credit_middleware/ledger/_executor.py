@@ -103,6 +103,8 @@ def pg_errors() -> tuple[type[BaseException], ...]:
         asyncpg.InsufficientResourcesError,
         asyncpg.OperatorInterventionError,
         asyncpg.CannotConnectNowError,
+        # raised by a pool or connection torn down under a running operation (a shutdown)
+        asyncpg.InternalClientError,
     )
 
 
@@ -161,15 +163,17 @@ class AsyncpgExecutor(Executor):
     @asynccontextmanager
     async def _acquire(self, write: bool) -> AsyncIterator[Conn]:
         pool = await self._get_pool()
+        reached = False  # once a statement may have reached the server, a failure is ambiguous
         try:
             async with pool.acquire(timeout=self._timeout) as raw:
+                reached = True
                 if write:
                     async with raw.transaction():
                         yield _PgConn(raw)
                 else:
                     yield _PgConn(raw)
         except self._errors as exc:
-            raise BackendUnavailable("database", repr(exc)) from exc
+            raise BackendUnavailable("database", repr(exc), maybe_applied=reached) from exc
 
     def transaction(self) -> AbstractAsyncContextManager[Conn]:
         return self._acquire(write=True)

@@ -126,3 +126,19 @@ BEGIN
                         row_to_json(g)::text;
 END $$;
 """
+
+# Migration 4: the same debit, refusing a charge id that was voided (its caller answered
+# "nothing charged" after losing track of this operation: a late arrival must not charge).
+# Derived from the released text so the two cannot drift apart.
+_BEFORE_CHECK = "    IF p_amount > v_total - a.held THEN"
+PG_DEBIT_VOIDS = PG_FUNCTIONS.replace(
+    _BEFORE_CHECK,
+    """    IF p_key IS NOT NULL AND EXISTS (
+            SELECT 1 FROM credit_voids WHERE account_id = p_account AND charge_key = p_key) THEN
+        RETURN QUERY SELECT 'voided'::text, v_total - a.held, a.tier, NULL::text;
+        RETURN;
+    END IF;
+"""
+    + _BEFORE_CHECK,
+)
+assert PG_FUNCTIONS.count(_BEFORE_CHECK) == 1

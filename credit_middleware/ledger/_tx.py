@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import (
     AccountNotFound,
+    ChargeVoided,
     IdempotencyConflict,
     LedgerError,
 )
@@ -50,6 +51,7 @@ LIVE_GRANTS = (
 _KEYED_ENTRY = (
     f"SELECT {ENTRY_COLS} FROM credit_entries WHERE account_id = $1 AND idempotency_key = $2"
 )
+_VOIDED = "SELECT 1 AS voided FROM credit_voids WHERE account_id = $1 AND charge_key = $2"
 _INSERT_ENTRY = (
     "INSERT INTO credit_entries (account_id, kind, amount, delta, held_delta, balance_after,"
     " held_after, grant_id, hold_id, ref_entry_id, idempotency_key, layer, route, model, metadata,"
@@ -175,6 +177,8 @@ async def keyed(ctx: Ctx, key: str | None, kind: str, amount: int | None) -> Row
         return None
     row = await ctx.conn.fetchrow(_KEYED_ENTRY, ctx.account_id, key)
     if row is None:
+        if await ctx.conn.fetchrow(_VOIDED, ctx.account_id, key) is not None:
+            raise ChargeVoided(ctx.account_id, key)
         return None
     if row["kind"] != kind:
         raise IdempotencyConflict(ctx.account_id, key, f"already used for a {row['kind']}")

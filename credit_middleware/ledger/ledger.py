@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import (
     AccountNotFound,
+    ChargeVoided,
     ConfigurationError,
     IdempotencyConflict,
     InsufficientCredits,
@@ -23,6 +24,7 @@ from ..money import check_account_id, check_key, cost_to_micros, from_micros, to
 from . import _ops, _verify
 from ._executor import AsyncpgExecutor, Conn, Executor, SqliteExecutor
 from ._tx import ACCOUNT_COLS, ENTRY_COLS, GRANT_COLS, HOLD_COLS, Tag, dumps, lock, save, sweep
+from .contract import RequestStore
 from .models import Account, Balance, Entry, Grant, Hold, Receipt, VerifyReport, dt_to_us
 from .schema import current_version, migrate
 
@@ -87,7 +89,7 @@ def _label(value: str | None, field: str) -> str | None:
     return value
 
 
-class Ledger:
+class Ledger(RequestStore):
     """Accounts, grants, holds and an append-only audit trail, with exact µc money.
 
     ``Ledger("sqlite:///credits.db")`` is the embedded default; ``Ledger("postgresql://...")``
@@ -248,6 +250,9 @@ class Ledger:
             return None
         if status == "not_found":
             raise AccountNotFound(account_id)
+        if status == "voided":
+            assert tag.key is not None
+            raise ChargeVoided(account_id, tag.key)
         available = int(row["o_available"])
         if status == "insufficient":
             raise InsufficientCredits(
@@ -649,11 +654,10 @@ class _guarded:
     async def __aenter__(self) -> Conn:
         return await self._cm.__aenter__()
 
-    async def __aexit__(self, et: Any, exc: Any, tb: Any) -> bool:
+    async def __aexit__(self, et: Any, exc: Any, tb: Any) -> None:
         try:
             await self._cm.__aexit__(et, exc, tb)
         except _INTEGRITY as err:
             raise LedgerError(f"refused by a ledger constraint: {err}") from err
         if isinstance(exc, _INTEGRITY):
             raise LedgerError(f"refused by a ledger constraint: {exc}") from exc
-        return False

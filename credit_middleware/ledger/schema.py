@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ._executor import Conn, Dialect, Executor
-from ._pgfunctions import PG_FUNCTIONS, PG_PROVISION
+from ._pgfunctions import PG_DEBIT_VOIDS, PG_FUNCTIONS, PG_PROVISION
 
 VERSION_TABLE = "credit_schema_version"
 # A fixed key for pg_advisory_xact_lock, so processes starting at once migrate one at a time.
@@ -129,6 +129,43 @@ CREATE TRIGGER credit_postings_no_delete BEFORE DELETE ON credit_postings
 """
 
 
+# The charge contract: the idempotent-request store (a client's Idempotency-Key, its request
+# fingerprint and the response it got, kept with the charge that paid for it until it expires)
+# and the fences of voided charge ids (an answer of "nothing charged" that a late operation
+# must never contradict). Request rows are working state, updated in place; money stays in
+# the append-only entries.
+_REQUESTS = """
+CREATE TABLE credit_requests (
+    account_id   TEXT NOT NULL,
+    request_key  TEXT NOT NULL,
+    fingerprint  TEXT NOT NULL,
+    state        TEXT NOT NULL CHECK (state IN ('pending','done')),
+    owner        TEXT NOT NULL,
+    lease_until  BIGINT NOT NULL,
+    charge_key   TEXT,
+    status       INTEGER,
+    headers      TEXT,
+    body         {blob},
+    body_size    BIGINT,
+    created_at   BIGINT NOT NULL,
+    expires_at   BIGINT NOT NULL,
+    PRIMARY KEY (account_id, request_key)
+);
+CREATE INDEX credit_requests_expiry ON credit_requests (expires_at);
+CREATE TABLE credit_voids (
+    account_id  TEXT NOT NULL,
+    charge_key  TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    PRIMARY KEY (account_id, charge_key)
+);
+"""
+
+
+def _requests(dialect: Dialect) -> str:
+    return _REQUESTS.format(blob="BYTEA" if dialect == "postgresql" else "BLOB")
+
+
 def _core(dialect: Dialect) -> str:
     serial = (
         "BIGSERIAL PRIMARY KEY" if dialect == "postgresql" else "INTEGER PRIMARY KEY AUTOINCREMENT"
@@ -143,8 +180,12 @@ def migrations(dialect: Dialect) -> Sequence[tuple[int, str, str]]:
             (1, "ledger tables", _core(dialect) + _PG_APPEND_ONLY),
             (2, "server-side debit", PG_FUNCTIONS),
             (3, "server-side provisioning", PG_PROVISION),
+            (4, "idempotent requests and charge voids", _requests(dialect) + PG_DEBIT_VOIDS),
         ]
-    return [(1, "ledger tables", _core(dialect) + _SQLITE_APPEND_ONLY)]
+    return [
+        (1, "ledger tables", _core(dialect) + _SQLITE_APPEND_ONLY),
+        (4, "idempotent requests and charge voids", _requests(dialect)),
+    ]
 
 
 async def _applied(conn: Conn) -> set[int]:

@@ -1,0 +1,204 @@
+"""SQL of the charge contract: idempotent requests and voided charge ids, on one connection.
+
+A request row binds a client's ``Idempotency-Key`` (per account) to one request fingerprint, the
+charge that paid for it and, once served, the response to replay. Its owner is the charge id of
+the attempt serving it; a lease says how long that attempt may take before a retry may take over
+(a crashed process never answers). Lock order everywhere: the account row, then the request row.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..errors import IdempotencyInFlight, IdempotencyMismatch
+from ._executor import Conn, Row
+from ._tx import ENTRY_COLS
+
+REQUEST_COLS = (
+    "account_id, request_key, fingerprint, state, owner, lease_until, charge_key, status,"
+    " headers, body, body_size, created_at, expires_at"
+)
+_SELECT = f"SELECT {REQUEST_COLS} FROM credit_requests WHERE account_id = $1 AND request_key = $2"
+_LOCK = {"postgresql": _SELECT + " FOR UPDATE", "sqlite": _SELECT}
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    """The response a request got, kept for exact retries. ``body`` is None when it was larger
+    than the store's limit (``size`` says how large it was)."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes | None
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What claiming a key found: ``new`` (this attempt owns it now), ``resumed`` (a crashed
+    attempt's charge stands and this one serves it), or ``replay`` (served already)."""
+
+    state: str
+    charge_key: str | None = None
+    response: StoredResponse | None = None
+
+
+def _stored(row: Row) -> StoredResponse:
+    headers = tuple((str(k), str(v)) for k, v in json.loads(row["headers"] or "[]"))
+    body = row["body"]
+    return StoredResponse(
+        int(row["status"]),
+        headers,
+        None if body is None else bytes(body),
+        int(row["body_size"] or 0),
+    )
+
+
+async def claim(
+    conn: Conn,
+    now: int,
+    account_id: str,
+    key: str,
+    fingerprint: str,
+    owner: str,
+    lease_until: int,
+    expires_at: int,
+) -> Claim:
+    """Take the key for this attempt, or say why not (raises on a mismatch or one in flight)."""
+    inserted = await conn.fetchrow(
+        "INSERT INTO credit_requests (account_id, request_key, fingerprint, state, owner,"
+        " lease_until, created_at, expires_at) VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7)"
+        " ON CONFLICT (account_id, request_key) DO NOTHING RETURNING request_key",
+        account_id,
+        key,
+        fingerprint,
+        owner,
+        lease_until,
+        now,
+        expires_at,
+    )
+    if inserted is not None:
+        return Claim("new")
+    row = await conn.fetchrow(_LOCK[conn.dialect], account_id, key)
+    if row is None:  # deleted (freed, purged) since the insert saw it: the key is free
+        return await claim(conn, now, account_id, key, fingerprint, owner, lease_until, expires_at)
+    if int(row["expires_at"]) <= now:  # forgotten: the key is new again
+        await conn.execute(
+            "UPDATE credit_requests SET fingerprint = $3, state = 'pending', owner = $4,"
+            " lease_until = $5, charge_key = NULL, status = NULL, headers = NULL, body = NULL,"
+            " body_size = NULL, created_at = $6, expires_at = $7"
+            " WHERE account_id = $1 AND request_key = $2",
+            account_id,
+            key,
+            fingerprint,
+            owner,
+            lease_until,
+            now,
+            expires_at,
+        )
+        return Claim("new")
+    if row["fingerprint"] != fingerprint:
+        raise IdempotencyMismatch(
+            account_id, key, "already used for a different request (method, path or body)"
+        )
+    if row["state"] == "done":
+        return Claim("replay", row["charge_key"], _stored(row))
+    if int(row["lease_until"]) > now:
+        raise IdempotencyInFlight(account_id, key, "the first request is still being served")
+    await conn.execute(
+        "UPDATE credit_requests SET owner = $3, lease_until = $4"
+        " WHERE account_id = $1 AND request_key = $2",
+        account_id,
+        key,
+        owner,
+        lease_until,
+    )
+    return Claim("resumed", row["charge_key"])
+
+
+async def set_charge(conn: Conn, account_id: str, key: str, charge_key: str) -> None:
+    await conn.execute(
+        "UPDATE credit_requests SET charge_key = $3 WHERE account_id = $1 AND request_key = $2",
+        account_id,
+        key,
+        charge_key,
+    )
+
+
+async def owned(conn: Conn, account_id: str, key: str, owner: str) -> Row | None:
+    """The request row, locked, if ``owner`` still holds it."""
+    row = await conn.fetchrow(_LOCK[conn.dialect], account_id, key)
+    return row if row is not None and row["owner"] == owner else None
+
+
+async def free(conn: Conn, account_id: str, key: str) -> None:
+    await conn.execute(
+        "DELETE FROM credit_requests WHERE account_id = $1 AND request_key = $2", account_id, key
+    )
+
+
+async def store(
+    conn: Conn, account_id: str, key: str, response: StoredResponse, expires_at: int
+) -> None:
+    await conn.execute(
+        "UPDATE credit_requests SET state = 'done', status = $3, headers = $4, body = $5,"
+        " body_size = $6, expires_at = $7 WHERE account_id = $1 AND request_key = $2",
+        account_id,
+        key,
+        response.status,
+        json.dumps([list(h) for h in response.headers]),
+        response.body,
+        response.size,
+        expires_at,
+    )
+
+
+async def charge_entry(conn: Conn, account_id: str, charge_key: str) -> Row | None:
+    """The entry a charge id produced (its debit or hold), if any."""
+    return await conn.fetchrow(
+        f"SELECT {ENTRY_COLS} FROM credit_entries WHERE account_id = $1 AND idempotency_key = $2",
+        account_id,
+        charge_key,
+    )
+
+
+async def fence(conn: Conn, now: int, account_id: str, charge_key: str, reason: str) -> None:
+    """Void a charge id that never applied: any later operation with it is refused."""
+    await conn.execute(
+        "INSERT INTO credit_voids (account_id, charge_key, reason, created_at)"
+        " VALUES ($1, $2, $3, $4) ON CONFLICT (account_id, charge_key) DO NOTHING",
+        account_id,
+        charge_key,
+        reason,
+        now,
+    )
+
+
+async def free_charged(conn: Conn, account_id: str, charge_key: str) -> None:
+    """Free the unfinished request a reversed charge paid for (its key is new again)."""
+    await conn.execute(
+        "DELETE FROM credit_requests WHERE account_id = $1 AND charge_key = $2"
+        " AND state = 'pending'",
+        account_id,
+        charge_key,
+    )
+
+
+async def purge(conn: Conn, now: int, limit: int = 1000) -> int:
+    """Delete up to ``limit`` expired request rows; returns how many."""
+    rows: Sequence[Row] = await conn.fetch(
+        "SELECT account_id, request_key FROM credit_requests WHERE expires_at <= $1 LIMIT $2",
+        now,
+        limit,
+    )
+    for r in rows:
+        await conn.execute(
+            "DELETE FROM credit_requests WHERE account_id = $1 AND request_key = $2"
+            " AND expires_at <= $3",
+            r["account_id"],
+            r["request_key"],
+            now,
+        )
+    return len(rows)
