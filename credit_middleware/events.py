@@ -26,6 +26,12 @@ class Observer:
         """A money operation (``debit``, ``hold``, ``capture``, ``release``, ``refund``,
         ``expire``): outcome ``ok``, ``replayed``, ``insufficient`` or ``error``."""
 
+    def unknown_outcome(self, operation: str, resolution: str) -> None:
+        """A money operation whose outcome was not known when its answer was due (a timeout,
+        a lost connection): ``resolving``, then ``stood`` (it applied: served),
+        ``not_applied`` (fenced: the client got a 503), ``reversal_pending`` /
+        ``retry_pending`` (left to the background) and finally ``settled_later``."""
+
     def refused(self, status: int, reason: str) -> None:
         """A request the middleware refused: 401/402/429/503 with a stable reason."""
 

@@ -119,6 +119,13 @@ class PrometheusObserver(RecentRefusals):
             ["status", "reason"],
             registry=self.registry,
         )
+        self.unknown_outcomes = prom.Counter(
+            f"{ns}_unknown_outcomes",
+            "Money operations whose outcome was unknown when their answer was due, by"
+            " operation and how it was resolved (stood, not_applied, settled_later, ...).",
+            ["operation", "resolution"],
+            registry=self.registry,
+        )
         self.degraded_backends = prom.Gauge(
             f"{ns}_backend_degraded",
             "1 while a backend (redis, database) is in degraded mode, else 0.",
@@ -152,6 +159,12 @@ class PrometheusObserver(RecentRefusals):
             self.refusals.labels(str(int(status)), _bounded(reason)).inc()
         except Exception:  # pragma: no cover - defensive
             log.exception("could not record a refusal")
+
+    def unknown_outcome(self, operation: str, resolution: str) -> None:
+        try:
+            self.unknown_outcomes.labels(_bounded(operation), _bounded(resolution)).inc()
+        except Exception:  # pragma: no cover - defensive
+            log.exception("could not record an unknown outcome")
 
     def degraded(self, backend: str, degraded: bool) -> None:
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -19,13 +20,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import _bill
 from ._aio import bounded
-from ._bill import _Bill, idempotency_key
+from ._bill import CHARGE_ID_HEADER, _Bill
+from ._idempotency import client_key, read_request
+from ._outcome import Outcomes
 from ._redis import close_redis, redis_from_url
 from .errors import (
     AccountNotFound,
     BackendUnavailable,
     ConfigurationError,
     IdempotencyConflict,
+    IdempotencyInFlight,
+    IdempotencyMismatch,
     InsufficientCredits,
 )
 from .events import NULL_OBSERVER, Observer
@@ -37,7 +42,7 @@ from .identity import (
     TrustedProxies,
     default_resolver,
 )
-from .ledger import Ledger, Receipt
+from .ledger import ChargeSpec, Ledger, Receipt, RequestStart
 from .locks import LocalLocks, ProvisionLocks, RedisLocks
 from .money import from_micros
 from .policy import TrialPolicy
@@ -98,6 +103,11 @@ class CreditMiddleware:
         on_redis_error: Literal["local", "refuse"] = "local",
         on_ledger_error: Literal["refuse", "allow"] = "refuse",
         refund_on_error: bool = True,
+        billable_statuses: Iterable[int] | None = None,
+        idempotency_ttl: float = 86400.0,
+        idempotency_lease: float | None = None,
+        max_stored_body: int = 1 << 20,
+        max_request_body: int = 10 << 20,
         legacy_headers: bool = False,
         balance_header: str = "Credit-Balance",
         key_prefix: str = "credit:",
@@ -108,6 +118,16 @@ class CreditMiddleware:
     ) -> None:
         if on_ledger_error not in ("refuse", "allow"):
             raise ConfigurationError("on_ledger_error must be 'refuse' or 'allow'")
+        for name, value in (
+            ("timeout", timeout),
+            ("hold_timeout", hold_timeout),
+            ("idempotency_ttl", idempotency_ttl),
+            ("idempotency_lease", idempotency_lease or 1),
+            ("max_stored_body", max_stored_body),
+            ("max_request_body", max_request_body),
+        ):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                raise ConfigurationError(f"{name} must be a positive number, not {value!r}")
         self.app = app
         self.observer = observer or NULL_OBSERVER
         self._owned: list[Callable[[], Awaitable[Any]]] = []
@@ -150,6 +170,17 @@ class CreditMiddleware:
         )
         self._fail_open = on_ledger_error == "allow"
         self._refund = refund_on_error
+        # Only what was served is billed: 2xx by default (not the app's 4xx, redirects, 5xx)
+        statuses = range(200, 300) if billable_statuses is None else billable_statuses
+        self._billable_set = frozenset(int(s) for s in statuses)
+        if not self._billable_set or not all(100 <= s <= 599 for s in self._billable_set):
+            raise ConfigurationError("billable_statuses must be HTTP statuses (100-599)")
+        self._idempotency_ttl = float(idempotency_ttl)
+        # how long an attempt may take before a retry with its key may take over its charge
+        self._idempotency_lease = float(idempotency_lease or max(hold_timeout, 60.0))
+        self._max_stored_body = int(max_stored_body)
+        self._max_request_body = int(max_request_body)
+        self.outcomes = Outcomes(self.ledger, timeout, self.observer)
         self._legacy = legacy_headers
         self._balance_header = balance_header
         self._timeout = timeout
@@ -162,7 +193,9 @@ class CreditMiddleware:
         self._db_degraded = False
 
     async def aclose(self) -> None:
-        """Close what this middleware built itself (not objects that were passed in)."""
+        """Settle what is still pending, then close what this middleware built itself (not
+        objects that were passed in)."""
+        await self.outcomes.aclose()
         for close in self._owned:
             try:
                 await close()
@@ -178,10 +211,13 @@ class CreditMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        charge_id = "c_" + secrets.token_hex(12)
         try:
-            bill = await self._admit(scope, price)
+            bill = await self._admit(scope, receive, price, charge_id)
         except Refused as refused:
             self.observer.refused(refused.response.status_code, refused.reason)
+            if refused.charged_id:
+                refused.response.headers[CHARGE_ID_HEADER] = charge_id
             await refused.response(scope, receive, send)
             return
         except Exception:  # our own bug must not become the app's 500
@@ -214,7 +250,12 @@ class CreditMiddleware:
 
     # ------------------------------------------------------------------ admission
 
-    async def _admit(self, scope: Scope, price: Price) -> _Bill:
+    def _billable(self, status: int) -> bool:
+        if status in self._billable_set:
+            return True
+        return status >= 500 and not self._refund
+
+    async def _admit(self, scope: Scope, receive: Receive, price: Price, charge_id: str) -> _Bill:
         try:
             identity = await self.resolver.resolve(scope)
         except InvalidCredentials as exc:
@@ -229,9 +270,9 @@ class CreditMiddleware:
         if identity is None:
             raise Refused(problem("unauthenticated", "no credentials"), "unauthenticated")
         identity = replace(identity, client_ip=self.proxies.client_ip(scope))
-        key = idempotency_key(scope)
+        key = client_key(scope)
         aid = identity.account_id
-        bill = _Bill(identity, price, scope.get("path", ""))
+        bill = _Bill(identity, price, charge_id, scope.get("path", ""))
         try:
             await self._migrate()
             bill.tier = await self._tier_of(identity)
@@ -251,20 +292,28 @@ class CreditMiddleware:
         bill.headers = rate_limit_headers(verdict, legacy=self._legacy)
         if not verdict.allowed:
             raise Refused(rate_limited(verdict, bill.tier, bill.headers), "rate_limited")
-        if price.mode == "handler":
+        if price.mode != "handler":
+            try:
+                bill.micros = await price.resolve(scope)
+            except ValueError:
+                log.exception("route %s: the cost callable returned an unusable price", price.route)
+                raise
+        if key is not None:
+            bill.request_key = key
+            bill.buffered = await read_request(scope, receive, self._max_request_body)
+        elif bill.micros == 0:
             return bill
         try:
-            bill.micros = await price.resolve(scope)
-        except ValueError:
-            log.exception("route %s: the cost callable returned an unusable price", price.route)
-            raise
-        if bill.micros == 0:
-            return bill
-        try:
-            bill.receipt = await self._charge(identity, bill, key)
+            await self._charge(identity, bill)
         except InsufficientCredits as exc:
             self.observer.ledger_op(bill.kind, "insufficient")
             raise Refused(await self._insufficient(exc, bill), "insufficient_credits") from None
+        except IdempotencyMismatch as exc:
+            body = problem("idempotency-mismatch", str(exc))
+            raise Refused(body, "idempotency_mismatch") from None
+        except IdempotencyInFlight as exc:
+            body = problem("idempotency-in-flight", str(exc), headers=retry_after(1))
+            raise Refused(body, "idempotency_in_flight") from None
         except IdempotencyConflict as exc:
             body = problem("idempotency-conflict", str(exc))
             raise Refused(body, "idempotency_conflict") from None
@@ -273,10 +322,14 @@ class CreditMiddleware:
             self._ledger_fault(exc)
             if self._fail_open:
                 bill.micros = 0
+                bill.request_key = None
                 return bill
-            raise Refused(ledger_down(), "ledger_unavailable") from None
+            raise Refused(ledger_down(), "ledger_unavailable", charged_id=True) from None
         self._ledger_ok()
-        self.observer.ledger_op(bill.kind, "replayed" if bill.receipt.replayed else "ok")
+        if bill.receipt is not None:
+            self.observer.ledger_op(bill.kind, "replayed" if bill.receipt.replayed else "ok")
+        elif bill.start is not None and bill.start.state == "replay":
+            self.observer.ledger_op(bill.kind, "replayed")
         return bill
 
     async def _migrate(self) -> None:
@@ -305,10 +358,11 @@ class CreditMiddleware:
         if len(self._tiers) > 10_000:
             self._tiers.popitem(last=False)
 
-    async def _charge(self, identity: Identity, bill: _Bill, key: str | None) -> Receipt:
+    async def _charge(self, identity: Identity, bill: _Bill) -> None:
         for attempt in (1, 2):
             try:
-                return await self._money(identity.account_id, bill, key)
+                await self._money(identity.account_id, bill)
+                return
             except InsufficientCredits:
                 # A trial denied earlier (an unverified e-mail) may be due now; the provisioner
                 # answers without I/O once it knows the account is settled.
@@ -327,26 +381,56 @@ class CreditMiddleware:
         raise AssertionError("unreachable")
 
     async def _late_trial(self, identity: Identity) -> bool:
-        """Whether deciding the identity's trial again granted it (the 402 stands otherwise,
-        also when the ledger cannot be asked)."""
+        """Whether the identity's trial may be in place now (worth one more try of the charge):
+        deciding it again granted it, here or (a moment ago) in a concurrent request. The 402
+        stands otherwise, also when the ledger cannot be asked."""
+        if self.provisioner.granted_late(identity.account_id):
+            return True
         if not self.provisioner.may_reconsider(identity):
             return False
         try:
             result = await self.call(self.provisioner.ensure_account(identity, layer="request"))
         except BackendUnavailable:
             return False
-        return result.granted
+        return result.granted or self.provisioner.granted_late(identity.account_id)
 
-    async def _money(self, aid: str, bill: _Bill, key: str | None) -> Receipt:
+    async def _money(self, aid: str, bill: _Bill) -> None:
+        """Charge the bill under its charge id (claiming its idempotency key with it)."""
         amount = from_micros(bill.micros)
         route = bill.route
+        cid = bill.charge_id
+        if bill.request_key is not None:
+            assert bill.buffered is not None
+            spec = None
+            if bill.micros > 0 and bill.price.mode != "handler":
+                kind: Literal["debit", "hold"] = "hold" if bill.kind == "hold" else "debit"
+                spec = ChargeSpec(
+                    kind, amount, hold_timeout=self._hold_timeout, layer="request", route=route
+                )
+            op = self.ledger.begin_request(
+                aid,
+                bill.request_key,
+                bill.buffered.fingerprint,
+                owner=cid,
+                charge=spec,
+                lease=self._idempotency_lease,
+                ttl=self._idempotency_ttl,
+            )
+            start = await self.outcomes.charge(
+                aid, cid, op, lambda r: RequestStart("new", r, charge_key=cid)
+            )
+            bill.start = start
+            bill.receipt = start.receipt
+            if start.state == "resumed" and start.receipt is not None:
+                bill.micros = start.receipt.entry.amount_micros
+            return
         if bill.kind == "hold":
-            op = self.ledger.hold(
-                aid, amount, timeout=self._hold_timeout, key=key, layer="request", route=route
+            charge = self.ledger.hold(
+                aid, amount, timeout=self._hold_timeout, key=cid, layer="request", route=route
             )
         else:
-            op = self.ledger.debit(aid, amount, key=key, layer="request", route=route)
-        return await self.call(op)
+            charge = self.ledger.debit(aid, amount, key=cid, layer="request", route=route)
+        bill.receipt = await self.outcomes.charge(aid, cid, charge, _same)
 
     async def call(self, op: Awaitable[T]) -> T:
         """Run one backend call under the middleware's timeout."""
@@ -376,3 +460,7 @@ class CreditMiddleware:
         except BackendUnavailable:
             pass
         return insufficient(exc, tier=bill.tier, trial_denied=denied, headers=bill.headers)
+
+
+def _same(receipt: Receipt) -> Receipt:
+    return receipt

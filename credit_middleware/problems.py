@@ -36,6 +36,10 @@ PROBLEM_TYPES: Mapping[str, tuple[int, str]] = {
     "insufficient-credits": (402, "Insufficient credits"),
     "trial-denied": (402, "No trial credits for this account"),
     "idempotency-conflict": (409, "Idempotency key reused"),
+    "idempotency-in-flight": (409, "A request with this Idempotency-Key is still being served"),
+    "idempotency-response-not-stored": (409, "Idempotency key already used"),
+    "idempotency-mismatch": (422, "Idempotency-Key reused for a different request"),
+    "request-too-large": (413, "Request too large"),
     "rate-limited": (429, "Rate limit exceeded"),
     "ledger-unavailable": (503, "Billing temporarily unavailable"),
     "rate-limiter-unavailable": (503, "Rate limiting temporarily unavailable"),
@@ -70,9 +74,11 @@ def problem(
 class Refused(Exception):
     """Raised inside the middleware to answer with ``response`` (``reason`` is for metrics)."""
 
-    def __init__(self, response: ProblemResponse, reason: str) -> None:
+    def __init__(self, response: ProblemResponse, reason: str, *, charged_id: bool = False) -> None:
         self.response = response
         self.reason = reason
+        #: the refusal follows a charge attempt: its id goes in the answer (nothing charged)
+        self.charged_id = charged_id
 
 
 def retry_after(seconds: int) -> dict[str, str]:

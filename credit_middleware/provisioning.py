@@ -9,6 +9,7 @@ number of layers, processes or concurrent requests; the lock only spares the dat
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ __all__ = ["Layer", "ProvisionResult", "Provisioner"]
 log = logging.getLogger("credit_middleware.provisioning")
 
 Layer = Literal["signup", "request", "litellm", "webhook", "admin", "cli"]
+LATE_GRANT_WINDOW = 60.0
 LAYERS: tuple[str, ...] = ("signup", "request", "litellm", "webhook", "admin", "cli")
 
 
@@ -63,6 +65,9 @@ class Provisioner:
         # account -> (tier, why its trial was denied or None): what this process knows settled
         self._known: OrderedDict[str, tuple[str, str | None]] = OrderedDict()
         self._known_max = known_cache_size
+        # account -> monotonic time of a late grant made here: concurrent requests that were
+        # refused a moment before it landed try their charge once more
+        self._late: OrderedDict[str, float] = OrderedDict()
         self.observer = observer or NULL_OBSERVER
 
     def _remember(self, account_id: str, tier: str, denied: str | None = None) -> None:
@@ -70,6 +75,11 @@ class Provisioner:
         self._known.move_to_end(account_id)
         while len(self._known) > self._known_max:
             self._known.popitem(last=False)
+
+    def granted_late(self, account_id: str, within: float = LATE_GRANT_WINDOW) -> bool:
+        """Whether this process granted the account's trial late in the last ``within`` s."""
+        at = self._late.get(account_id)
+        return at is not None and time.monotonic() - at < within
 
     def forget(self, account_id: str) -> None:
         self._known.pop(account_id, None)
@@ -221,6 +231,10 @@ class Provisioner:
         granted = receipt is not None and not receipt.replayed
         self._remember(aid, account.tier, None)
         if granted:
+            self._late[aid] = time.monotonic()
+            self._late.move_to_end(aid)
+            while len(self._late) > self._known_max:
+                self._late.popitem(last=False)
             log.info("trial granted late via %s (was denied: %s)", layer, before)
             log.debug("trial granted late to account %r via %s", aid, layer)
         amount = decision.amount if granted and decision.amount is not None else Decimal(0)
