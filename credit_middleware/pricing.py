@@ -100,7 +100,11 @@ def _micros(value: object, what: str) -> int:
 
 
 class Pricing:
-    """Route → :class:`Price`. Paths not matching any route cost ``default_cost`` (0.001)."""
+    """Route → :class:`Price`. Paths not matching any route cost ``default_cost`` (0.001).
+
+    A HEAD request is priced as the GET of the same path unless ``head_as_get=False`` (then a
+    route must list ``HEAD`` in its methods to match it).
+    """
 
     def __init__(
         self,
@@ -109,7 +113,9 @@ class Pricing:
         routes: Iterable[Route] = (),
         exempt: Iterable[str] = DEFAULT_EXEMPT,
         default_mode: Mode = "fixed",
+        head_as_get: bool = True,
     ) -> None:
+        self._head_as_get = head_as_get
         self.default_micros = _micros(default_cost, "default_cost")
         self._exempt = [_compile(p) for p in exempt]
         self._default = Price(default_mode, self.default_micros, "default")
@@ -133,6 +139,8 @@ class Pricing:
         """The request's price, or None when it is exempt."""
         path: str = scope.get("path", "")
         method: str = scope.get("method", "GET")
+        if method == "HEAD" and self._head_as_get:
+            method = "GET"  # a HEAD is a GET without its body: the same route, the same price
         for regex, methods, price in self._routes:
             if (methods is None or method in methods) and regex.match(path):
                 return None if price.mode == "exempt" else price
