@@ -4,6 +4,7 @@ their charge, and charges resolved (or fenced) by id."""
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from conftest import Clock
@@ -186,3 +187,21 @@ async def test_bad_input_is_refused_and_moves_nothing(
     with pytest.raises(ValueError, match="lease"):
         await ledger.begin_request(aid, "k", "fp", owner="o", charge=DEBIT, lease=0)
     assert await available(ledger, aid) == Decimal("2")
+
+
+async def test_an_internal_client_error_counts_as_unavailable() -> None:
+    """asyncpg raises InternalClientError from a pool torn down under an operation (seen at
+    shutdown): it must become BackendUnavailable (a 503), never escape as a 500."""
+    import asyncpg
+
+    from credit_middleware.errors import BackendUnavailable
+    from credit_middleware.ledger._executor import AsyncpgExecutor
+
+    class TornDown:
+        def acquire(self, timeout: float | None = None) -> Any:
+            raise asyncpg.InternalClientError("pool torn down")
+
+    executor = AsyncpgExecutor(pool=TornDown())
+    with pytest.raises(BackendUnavailable, match="pool torn down"):
+        async with executor.read():
+            pass
