@@ -142,3 +142,20 @@ PG_DEBIT_VOIDS = PG_FUNCTIONS.replace(
     + _BEFORE_CHECK,
 )
 assert PG_FUNCTIONS.count(_BEFORE_CHECK) == 1
+
+# Migration 7: group commit. The same credit_debit() for each debit of a batch, in one
+# transaction and one round trip; o_index says which input each row answers.
+PG_DEBIT_MANY = """
+CREATE OR REPLACE FUNCTION credit_debit_many(
+    p_accounts text[], p_amounts bigint[], p_nows bigint[], p_keys text[],
+    p_layers text[], p_routes text[], p_models text[], p_metas text[])
+RETURNS TABLE (o_index integer, o_status text, o_available bigint, o_tier text, o_entry text)
+LANGUAGE plpgsql AS $$
+BEGIN
+    FOR i IN 1 .. COALESCE(array_length(p_accounts, 1), 0) LOOP
+        RETURN QUERY SELECT i, d.o_status, d.o_available, d.o_tier, d.o_entry
+            FROM credit_debit(p_accounts[i], p_amounts[i], p_nows[i], p_keys[i],
+                              p_layers[i], p_routes[i], p_models[i], p_metas[i]) AS d;
+    END LOOP;
+END $$;
+"""

@@ -22,6 +22,7 @@ from ..errors import (
 )
 from ..money import check_account_id, check_key, cost_to_micros, from_micros, to_micros
 from . import _ops, _verify
+from ._batch import DebitBatcher, DebitItem
 from ._executor import AsyncpgExecutor, Conn, Executor, SqliteExecutor
 from ._tx import ACCOUNT_COLS, ENTRY_COLS, GRANT_COLS, HOLD_COLS, Tag, dumps, lock, save, sweep
 from .contract import RequestStore
@@ -106,6 +107,7 @@ class Ledger(RequestStore):
         timeout: float = 5.0,
         pool_size: int = 10,
         fast_path: bool = True,
+        group_commit: bool = True,
     ) -> None:
         if executor is None:
             if database is not None:
@@ -115,6 +117,12 @@ class Ledger(RequestStore):
         self._x = executor
         self._clock = clock
         self._fast_path = fast_path
+        # PostgreSQL: concurrent debits of this process share a transaction (group commit)
+        self._batcher = DebitBatcher(
+            executor,
+            max_batch=64 if group_commit else 1,
+            max_inflight=2 if group_commit else pool_size,
+        )
         self.url = url
 
     @property
@@ -135,6 +143,7 @@ class Ledger(RequestStore):
         """Close the connections, after the operation in progress. Until ``reopen()``, later
         operations raise ``BackendUnavailable`` rather than silently opening connections that
         nothing would close (a stray task outliving its app, say)."""
+        await self._batcher.aclose()
         await self._x.close()
 
     def reopen(self) -> None:
@@ -232,19 +241,10 @@ class Ledger(RequestStore):
 
     async def _fast_debit(self, account_id: str, micros: int, now: int, tag: Tag) -> Receipt | None:
         """One round trip to ``credit_debit()``; None when the generic path must run."""
-        async with self._x.read() as conn:
-            row = await conn.fetchrow(
-                "SELECT * FROM credit_debit($1, $2, $3, $4, $5, $6, $7, $8)",
-                account_id,
-                micros,
-                now,
-                tag.key,
-                tag.layer,
-                tag.route,
-                tag.model,
-                dumps(tag.metadata),
-            )
-        assert row is not None
+        item = DebitItem(
+            account_id, micros, now, tag.key, tag.layer, tag.route, tag.model, dumps(tag.metadata)
+        )
+        row = await self._batcher.debit(item)
         status = row["o_status"]
         if status == "slow":
             return None

@@ -1,0 +1,110 @@
+"""Group commit on PostgreSQL: concurrent debits share transactions, each keeps its own answer,
+one account's debits keep their order, and two processes' batches never deadlock."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import pytest
+
+from credit_middleware import Ledger
+from credit_middleware.errors import InsufficientCredits
+from credit_middleware.ledger._batch import DebitItem
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def pg(pg_url: str) -> AsyncIterator[Ledger]:
+    led = Ledger(pg_url)
+    await led.migrate()
+    yield led
+    report = await led.verify()
+    assert report.ok, report.discrepancies
+    await led.close()
+
+
+async def fund(led: Ledger, accounts: list[str], amount: str) -> None:
+    for aid in accounts:
+        await led.open_account(aid)
+        await led.grant(aid, amount, key="fund")
+
+
+async def test_concurrent_debits_are_grouped_and_exact(pg: Ledger) -> None:
+    accounts = [f"a{i}" for i in range(20)]
+    await fund(pg, accounts, "1")
+    receipts = await asyncio.gather(
+        *(pg.debit(accounts[i % 20], "0.01", key=f"d{i}") for i in range(400))
+    )
+    assert len({r.entry.entry_id for r in receipts}) == 400
+    assert pg._batcher.items >= 400 and pg._batcher.batches < pg._batcher.items
+    for aid in accounts:
+        assert (await pg.balance(aid)).available == Decimal("0.8")
+    # each receipt's own figures: the balance after its own debit
+    for aid in accounts:
+        mine = sorted(
+            (r for r in receipts if r.entry.account_id == aid), key=lambda r: r.entry.entry_id
+        )
+        assert [r.available for r in mine] == [
+            Decimal("1") - Decimal("0.01") * (n + 1) for n in range(20)
+        ]
+
+
+async def test_a_refusal_in_a_batch_refuses_only_its_own_request(pg: Ledger) -> None:
+    await fund(pg, ["rich", "poor"], "1")
+    await pg.debit("poor", "0.95")
+    ops = [pg.debit("rich", "0.01", key=f"r{i}") for i in range(30)]
+    ops.insert(15, pg.debit("poor", "0.5", key="too-much"))
+    results = await asyncio.gather(*ops, return_exceptions=True)
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert len(refused) == 1 and isinstance(refused[0], InsufficientCredits)
+    assert (await pg.balance("rich")).available == Decimal("0.7")
+    assert (await pg.balance("poor")).available == Decimal("0.05")
+
+
+async def test_a_failing_item_does_not_take_the_batch_down(pg: Ledger) -> None:
+    await fund(pg, ["x", "y"], "1")
+    now = pg.now_us()
+    good = [DebitItem("x", 10_000, now, f"g{i}", "t", None, None, "{}") for i in range(10)]
+    bad = DebitItem("y", -5, now, "bad", "t", None, None, "{}")  # violates an entry CHECK
+    results = await asyncio.gather(
+        *(pg._batcher.debit(item) for item in [*good[:5], bad, *good[5:]]),
+        return_exceptions=True,
+    )
+    errors = [r for r in results if isinstance(r, BaseException)]
+    assert len(errors) == 1
+    assert [r["o_status"] for r in results if not isinstance(r, BaseException)] == ["ok"] * 10
+    assert (await pg.balance("x")).available == Decimal("0.9")
+    assert (await pg.balance("y")).available == Decimal("1")
+
+
+async def test_one_accounts_debits_keep_their_order(pg: Ledger) -> None:
+    await fund(pg, ["seq"], "10")
+    await asyncio.gather(
+        *(pg.debit("seq", "0.01", key=f"s{i}", metadata={"n": i}) for i in range(80))
+    )
+    entries = [e for e in reversed(await pg.history("seq", limit=200)) if e.kind == "debit"]
+    assert [e.metadata["n"] for e in entries] == list(range(80))
+
+
+async def test_two_processes_batching_over_the_same_accounts_never_deadlock(
+    pg: Ledger, pg_url: str
+) -> None:
+    other = Ledger(pg_url)
+    accounts = [f"s{i}" for i in range(6)]
+    await fund(pg, accounts, "5")
+    try:
+        ops = []
+        for i in range(300):
+            led = pg if i % 2 else other
+            # the two ledgers submit the accounts in opposite orders
+            aid = accounts[i % 6] if i % 2 else accounts[5 - i % 6]
+            ops.append(led.debit(aid, "0.01", key=f"k{i}"))
+        results = await asyncio.gather(*ops, return_exceptions=True)
+    finally:
+        await other.close()
+    assert [r for r in results if isinstance(r, BaseException)] == []
+    total = sum([(await pg.balance(a)).available for a in accounts], Decimal(0))
+    assert total == Decimal("30") - Decimal("3")
