@@ -15,6 +15,8 @@ from ..errors import (
     AccountNotFound,
     ChargeVoided,
     ConfigurationError,
+    HoldNotActive,
+    HoldNotFound,
     IdempotencyConflict,
     InsufficientCredits,
     InvalidAmount,
@@ -290,9 +292,76 @@ class Ledger(RequestStore):
             raise ValueError("hold timeout must be between 0 and 7 days")
         now = self.now_us()
         tag = self._tag(key, layer, route, model, meta)
+        expires = now + int(seconds * 1e6)
+        if self._fast_path and self._x.dialect == "postgresql":
+            fast = await self._fast_hold(account_id, micros, now, expires, tag)
+            if fast is not None:
+                return fast
         async with self._tx() as conn:
-            out = await _ops.hold(conn, now, account_id, micros, now + int(seconds * 1e6), tag)
+            out = await _ops.hold(conn, now, account_id, micros, expires, tag)
         return self._receipt(out)
+
+    async def _fast_hold(
+        self, account_id: str, micros: int, now: int, expires: int, tag: Tag
+    ) -> Receipt | None:
+        """One round trip to ``credit_hold()``; None when the generic path must run."""
+        async with self._guarded_read() as conn:
+            row = await conn.fetchrow(
+                "SELECT * FROM credit_hold($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                account_id,
+                micros,
+                now,
+                expires,
+                tag.key,
+                tag.layer,
+                tag.route,
+                tag.model,
+                dumps(tag.metadata),
+            )
+        assert row is not None
+        status = row["o_status"]
+        if status == "slow":
+            return None
+        available = int(row["o_available"])
+        if status != "ok":
+            self._fast_refusal(account_id, status, row, tag, "hold", micros)
+        entry = Entry.from_row(json.loads(row["o_entry"]))
+        hold = Hold.from_row(json.loads(row["o_hold"]))
+        return Receipt(entry, status == "replayed", available, hold=hold)
+
+    def _fast_refusal(
+        self, account_id: str, status: str, row: Any, tag: Tag, kind: str, micros: int
+    ) -> None:
+        """Raise what the generic path raises for a server-side refusal or a mismatched replay
+        (returns for a replay that matches)."""
+        if status == "not_found":
+            raise AccountNotFound(account_id)
+        if status == "voided":
+            assert tag.key is not None
+            raise ChargeVoided(account_id, tag.key)
+        if status == "insufficient":
+            raise InsufficientCredits(
+                account_id,
+                required=from_micros(micros),
+                available=from_micros(max(0, int(row["o_available"]))),
+                tier=row["o_tier"],
+            )
+        if status == "replayed":
+            entry = json.loads(row["o_entry"])
+            assert tag.key is not None
+            if entry["kind"] != kind:
+                raise IdempotencyConflict(
+                    account_id, tag.key, f"already used for a {entry['kind']}"
+                )
+            requested = json.loads(entry["metadata"] or "{}").get(
+                "requested_micros", entry["amount"]
+            )
+            if int(requested) != micros:
+                raise IdempotencyConflict(
+                    account_id, tag.key, f"already used for {from_micros(int(requested))} credits"
+                )
+            return
+        raise LedgerError(f"unexpected answer {status!r} from the ledger")
 
     async def capture(
         self,
@@ -308,9 +377,44 @@ class Ledger(RequestStore):
         """Charge the actual amount of a hold (up to what the hold and balance cover)."""
         micros, meta = self._charge(amount, round_up, metadata, allow_zero=True)
         tag = self._tag(None, layer, route, model, meta)
+        hold_id = self._hold_id(hold_id)
+        now = self.now_us()
+        if self._fast_path and self._x.dialect == "postgresql":
+            fast = await self._fast_capture(hold_id, micros, now, tag)
+            if fast is not None:
+                return fast
         async with self._tx() as conn:
-            out = await _ops.capture(conn, self.now_us(), self._hold_id(hold_id), micros, tag)
+            out = await _ops.capture(conn, now, hold_id, micros, tag)
         return self._receipt(out)
+
+    async def _fast_capture(self, hold_id: int, micros: int, now: int, tag: Tag) -> Receipt | None:
+        """One round trip to ``credit_capture()``; None when the generic path must run."""
+        async with self._guarded_read() as conn:
+            row = await conn.fetchrow(
+                "SELECT * FROM credit_capture($1, $2, $3, $4, $5, $6, $7)",
+                hold_id,
+                micros,
+                now,
+                tag.layer,
+                tag.route,
+                tag.model,
+                dumps(tag.metadata),
+            )
+        assert row is not None
+        status = row["o_status"]
+        if status == "slow":
+            return None
+        if status == "hold_not_found":
+            raise HoldNotFound(hold_id)
+        if status == "not_active":
+            raise HoldNotActive(hold_id, row["o_entry"])
+        entry = Entry.from_row(json.loads(row["o_entry"]))
+        if status == "replayed":
+            requested = int(entry.metadata.get("requested_micros") or entry.amount_micros)
+            if requested != micros:
+                raise HoldNotActive(hold_id, "captured")
+        hold = Hold.from_row(json.loads(row["o_hold"]))
+        return Receipt(entry, status == "replayed", int(row["o_available"]), hold=hold)
 
     async def release(self, hold_id: int, *, reason: str | None = None) -> Receipt:
         """Give a hold's credits back; releasing twice returns the first release."""

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from ._executor import Conn, Dialect, Executor
 from ._pgfunctions import PG_DEBIT_MANY, PG_DEBIT_VOIDS, PG_FUNCTIONS, PG_PROVISION
+from ._pgholds import PG_HOLDS
 
 VERSION_TABLE = "credit_schema_version"
 # A fixed key for pg_advisory_xact_lock, so processes starting at once migrate one at a time.
@@ -181,7 +182,7 @@ def migrations(dialect: Dialect) -> Sequence[tuple[int, str, str]]:
             (2, "server-side debit", PG_FUNCTIONS),
             (3, "server-side provisioning", PG_PROVISION),
             (4, "idempotent requests and charge voids", _requests(dialect) + PG_DEBIT_VOIDS),
-            (7, "group commit of debits", PG_DEBIT_MANY),
+            (7, "group commit; server-side hold and capture", PG_DEBIT_MANY + PG_HOLDS),
         ]
     return [
         (1, "ledger tables", _core(dialect) + _SQLITE_APPEND_ONLY),
