@@ -67,7 +67,10 @@ async def alice(ledger: Ledger) -> Ledger:
 async def test_a_page_without_a_session_leads_to_the_login_form(alice: Ledger) -> None:
     async with _client(_site(alice)) as c:
         r = await c.get("/admin/account", params={"id": "alice"}, headers=PAGE)
-        assert r.status_code == 303 and r.headers["location"] == "/admin/login?next=/account"
+        assert (
+            r.status_code == 303
+            and r.headers["location"] == "/admin/login?next=/account%3Fid%3Dalice"
+        )
         api = await c.get("/admin/api/accounts/alice")  # a script: the bare 401, as before
         assert api.status_code == 401 and api.headers["www-authenticate"] == "Bearer"
         form = await c.get("/admin/login")

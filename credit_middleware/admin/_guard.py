@@ -158,7 +158,9 @@ class AdminGuard:
             return
         has_credentials = "authorization" in request.headers
         if self.sessions is not None and not has_credentials and _wants_page(request):
-            target = mount_root(scope) + "/login?next=" + quote(path, safe="/")
+            query = scope.get("query_string", b"").decode("latin-1")
+            back = path + ("?" + query if query else "")
+            target = mount_root(scope) + "/login?next=" + quote(back, safe="/")
             await RedirectResponse(target, status_code=303)(scope, receive, send)
             return
         await _refusal(403 if has_credentials else 401)(scope, receive, send)

@@ -96,10 +96,12 @@ class LoginRoutes:
         self.title = title
         self._failures: deque[float] = deque()
 
-    def _form(self, request: Request, error: str = "", status: int = 200) -> Response:
+    def _form(
+        self, request: Request, error: str = "", status: int = 200, nxt: str | None = None
+    ) -> Response:
         nonce = secrets.token_urlsafe(16)
         root = mount_root(request.scope)
-        nxt = request.query_params.get("next", "/")
+        nxt = nxt if nxt is not None else request.query_params.get("next", "/")
         message = f'<p class="error" id="login-error">{esc(error)}</p>' if error else ""
         body = (
             f'<div class="login box"><h1>{esc(self.title)}: sign in</h1>{message}'
@@ -128,18 +130,19 @@ class LoginRoutes:
             data = await form_body(request)
         except Problem as exc:
             return self._form(request, exc.detail, exc.status)
+        nxt = data.get("next", "/")
         nonce = request.cookies.get(LOGIN_COOKIE, "")
         if not nonce or not hmac.compare_digest(nonce, data.get("nonce", "")):
-            return self._form(request, "The sign-in form expired; please try again.", 403)
+            return self._form(request, "The sign-in form expired; please try again.", 403, nxt)
         now = time.monotonic()
         while self._failures and self._failures[0] < now - _WINDOW:
             self._failures.popleft()
         if len(self._failures) >= _FAILURES:
-            return self._form(request, "Too many failed sign-ins; wait a minute.", 429)
+            return self._form(request, "Too many failed sign-ins; wait a minute.", 429, nxt)
         user = data.get("username", "").strip() or "admin"
         password = data.get("password", "")
         if len(user) > 64 or "\x00" in user + password or len(password) > 1024:
-            return self._form(request, "Wrong user or password.", 401)
+            return self._form(request, "Wrong user or password.", 401, nxt)
         try:
             ok = await self.check(user, password) is True
         except Exception:  # a failing check signs nobody in
@@ -148,10 +151,10 @@ class LoginRoutes:
         if not ok:
             self._failures.append(now)
             log.warning("admin sign-in refused")
-            return self._form(request, "Wrong user or password.", 401)
+            return self._form(request, "Wrong user or password.", 401, nxt)
         value, _ = self.sessions.issue(user)
         root = mount_root(request.scope)
-        response = RedirectResponse(_safe_next(root, data.get("next")), status_code=303)
+        response = RedirectResponse(_safe_next(root, nxt), status_code=303)
         scheme = request.url.scheme
         response.headers.append(
             "Set-Cookie",
