@@ -246,3 +246,25 @@ async def test_sign_in_configuration_is_checked(ledger: Ledger) -> None:
     with pytest.raises(ConfigurationError, match="session_ttl"):
         admin_app(ledger, token=TOKEN, session_ttl=0)
     assert admin_app(ledger, token=TOKEN).billing_exempt is True  # type: ignore[attr-defined]
+
+
+async def test_mounted_behind_the_middleware_with_admin_exempt(ledger: Ledger) -> None:
+    """The README's layout: the admin app mounted inside a metered app. Its paths must be
+    exempt from billing (``AdminGuard.billing_exempt``); then neither the bearer token nor the
+    session cookie is read as a user's credential, and no account is made for them."""
+    from _middleware_helpers import SECRET
+
+    from credit_middleware import Provisioner
+    from credit_middleware.middleware import CreditMiddleware
+    from credit_middleware.pricing import Pricing, Route
+
+    site = _site(ledger)
+    pricing = Pricing(routes=[Route("/admin", mode="exempt"), Route("/admin/*", mode="exempt")])
+    site.add_middleware(
+        CreditMiddleware, provisioner=Provisioner(ledger), jwt_secret=SECRET, pricing=pricing
+    )
+    async with _client(site) as c:
+        assert (await c.get("/admin/api/verify", headers=AUTH)).status_code == 200
+        assert (await _sign_in(c)).status_code == 303
+        assert (await c.get("/admin/accounts")).status_code == 200
+    assert await ledger.search_accounts("") == []
