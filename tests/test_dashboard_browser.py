@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -196,6 +196,18 @@ def _ledger_state(url: str, clock: Any) -> tuple[str, list[Any], int]:
     return asyncio.run(run())
 
 
+def _navigate(browser: Any, action: Callable[[], object]) -> None:
+    """Do what loads a new page (a click, a submit) and wait until the old page is gone:
+    selenium does not always wait for a navigation a form submit starts."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = browser.find_element(By.TAG_NAME, "html")
+    action()
+    WebDriverWait(browser, 30).until(expected_conditions.staleness_of(old))
+
+
 def _wait_for_file(folder: Path, name: str) -> Path:
     """Chromium writes a download in the background: poll for it (bounded, not timed)."""
     import time
@@ -232,12 +244,12 @@ def test_an_operator_signs_in_searches_changes_a_tier_and_exports_csv(
             browser.get(f"{base}/admin/accounts?q=al")
             assert "/admin/login" in browser.current_url
             browser.find_element(By.ID, "password").send_keys("not the token at all")
-            browser.find_element(By.ID, "sign-in").click()
+            _navigate(browser, browser.find_element(By.ID, "sign-in").click)
             assert "Wrong user or password" in browser.find_element(By.ID, "login-error").text
             browser.find_element(By.ID, "username").clear()
             browser.find_element(By.ID, "username").send_keys("ops")
             browser.find_element(By.ID, "password").send_keys(ADMIN_TOKEN)
-            browser.find_element(By.ID, "sign-in").click()
+            _navigate(browser, browser.find_element(By.ID, "sign-in").click)
             assert browser.current_url == f"{base}/admin/accounts?q=al"
             cookie = browser.get_cookie("cm_admin_session")
             assert cookie is not None and cookie["httpOnly"] is True
@@ -250,10 +262,10 @@ def test_an_operator_signs_in_searches_changes_a_tier_and_exports_csv(
             search = browser.find_element(By.ID, "q")
             search.clear()
             search.send_keys("alice@x.test")
-            search.submit()
+            _navigate(browser, search.submit)
             links = browser.find_elements(By.CSS_SELECTOR, "table.t td a")
             assert [a.text for a in links] == ["alice"]
-            links[0].click()
+            _navigate(browser, links[0].click)
 
             assert browser.find_element(By.ID, "account-id").text == "alice"
             value = {
@@ -264,7 +276,7 @@ def test_an_operator_signs_in_searches_changes_a_tier_and_exports_csv(
             assert "/v1/chat" in browser.page_source
             Select(browser.find_element(By.ID, "tier")).select_by_value("pro")
             browser.find_element(By.ID, "reason").send_keys("bought the pro plan")
-            browser.find_element(By.ID, "change-tier").click()
+            _navigate(browser, browser.find_element(By.ID, "change-tier").click)
             assert browser.find_element(By.ID, "done").text == "Tier changed."
             assert browser.find_element(By.CSS_SELECTOR, '[data-k="tier"]').text == "pro"
             assert "bought the pro plan" in browser.page_source
@@ -272,7 +284,7 @@ def test_an_operator_signs_in_searches_changes_a_tier_and_exports_csv(
             browser.find_element(By.LINK_TEXT, "Export all entries as CSV").click()
             exported = _wait_for_file(downloads, "history-alice.csv").read_text()
 
-            browser.find_element(By.ID, "logout").click()
+            _navigate(browser, browser.find_element(By.ID, "logout").click)
             assert "/admin/login" in browser.current_url
             assert browser.get_cookie("cm_admin_session") is None
             browser.get(f"{base}/admin/account?id=alice")
