@@ -31,7 +31,7 @@ table.t td,table.t th{border-bottom:1px solid #e2e8f0;padding:4px 8px;text-align
 table.t td.n,table.t th.n{text-align:right;font-variant-numeric:tabular-nums}
 .tiles{display:flex;flex-wrap:wrap;gap:10px;margin:8px 0}
 .tile{background:#fff;border:1px solid #e2e8f0;border-radius:8px;padding:8px 14px;min-width:110px}
-.tile b{display:block;font-size:20px} .tile span{color:#475569;font-size:12px}
+.tile b{display:block;font-size:20px} .tile>span{color:#475569;font-size:12px}
 .box{background:#fff;border:1px solid #e2e8f0;border-radius:8px;padding:12px 16px;margin:8px 0}
 .error{color:#b91c1c} .note{color:#475569} input,button,select{font:inherit;padding:3px 6px}
 .login{max-width:360px;margin:60px auto} .login label{display:block;margin:10px 0 2px}
