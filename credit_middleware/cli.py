@@ -1,21 +1,26 @@
-"""``credit-middleware``: migrate, balance, history, grant, refund, verify, report."""
+"""``credit-middleware``: migrate, balance, history, grant, purchase, tier, refund, verify, report.
+
+Every command but ``migrate`` works on an existing ledger only: it never creates a database
+(a SQLite file that does not exist is refused, not made) and never upgrades one silently.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
-import os
 import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from ._cli_db import check_schema, database_url
 from .errors import CreditError
-from .ledger import Ledger, Receipt
+from .ledger import Ledger, Receipt, TierChange
+from .middleware import TIER_TTL
 
-DEFAULT_URL = "sqlite:///./credits.db"
+_PAGE = 1000  # the ledger's largest page; --limit beyond it pages through
 _DURATION = re.compile(r"^(\d{1,6})([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -89,12 +94,24 @@ async def _balance(ledger: Ledger, args: argparse.Namespace) -> int:
 
 
 async def _history(ledger: Ledger, args: argparse.Namespace) -> int:
-    entries = await ledger.history(args.account, limit=args.limit, before=args.before)
+    if not 1 <= args.limit <= 1_000_000:
+        raise ValueError("--limit must be between 1 and 1000000")
+    entries: list[Any] = []
+    before = args.before
+    while len(entries) < args.limit:  # the ledger serves pages of at most 1000, newest first
+        want = min(_PAGE, args.limit - len(entries))
+        page = await ledger.history(args.account, limit=want, before=before)
+        entries += page
+        if len(page) < want:
+            break
+        before = page[-1].entry_id
     lines = [
         f"{e.entry_id:>8} {e.created_at:%Y-%m-%d %H:%M:%S} {e.kind:<8}"
         f" {e.amount:>14} -> {e.balance_after:>14}  {e.layer or e.route or e.model or ''}"
         for e in entries
     ]
+    if len(entries) == args.limit and entries:
+        lines.append(f"(older entries may follow: --before {entries[-1].entry_id})")
     _emit(args, [e.to_json() for e in entries], "\n".join(lines) or "no entries")
     return 0
 
@@ -121,6 +138,46 @@ async def _refund(ledger: Ledger, args: argparse.Namespace) -> int:
     return _emit_receipt(args, receipt, "refunded")
 
 
+def _tier_text(change: TierChange) -> str:
+    done = "already set" if change.replayed else "set"
+    return (
+        f"{done} tier of {change.account_id}: {change.old_tier} -> {change.new_tier}"
+        f" (event {change.event_id}); running apps apply it within {TIER_TTL:g} s"
+    )
+
+
+async def _tier(ledger: Ledger, args: argparse.Namespace) -> int:
+    change = await ledger.set_tier(
+        args.account, args.tier, key=args.key, reason=args.reason, layer="cli"
+    )
+    _emit(args, change.to_json(), _tier_text(change))
+    return 0
+
+
+async def _purchase(ledger: Ledger, args: argparse.Namespace) -> int:
+    bought = await ledger.purchase(
+        args.account,
+        args.amount,
+        key=args.key,
+        tier=args.tier,
+        expires_in=args.expires_in,
+        reason=args.reason,
+        layer="cli",
+    )
+    change = bought.tier_change
+    data = {
+        **bought.receipt.entry.to_json(),
+        "replayed": bought.replayed,
+        "available": str(bought.receipt.available),
+        "tier_change": change.to_json() if change else None,
+    }
+    verb = "already bought" if bought.replayed else "bought"
+    text = f"{verb} {bought.receipt.entry.amount} for {args.account}"
+    text += f"; available {bought.receipt.available}"
+    _emit(args, data, text + ("\n" + _tier_text(change) if change else ""))
+    return 0
+
+
 async def _verify(ledger: Ledger, args: argparse.Namespace) -> int:
     report = await ledger.verify()
     data = report.to_json()
@@ -128,11 +185,14 @@ async def _verify(ledger: Ledger, args: argparse.Namespace) -> int:
         f"invariant {d.invariant} broken on {d.account_id!r}: {d.detail}"
         for d in report.discrepancies
     ]
-    lines.append(
-        ("ok" if report.ok else "FAILED")
-        + f": {report.accounts} accounts, {report.entries} entries,"
-        f" {len(report.discrepancies)} discrepancies"
-    )
+    if report.ok and report.accounts == 0 and report.entries == 0:
+        lines.append("ok, but the ledger is empty: 0 accounts, 0 entries (is this the right one?)")
+    else:
+        lines.append(
+            ("ok" if report.ok else "FAILED")
+            + f": {report.accounts} accounts, {report.entries} entries,"
+            f" {len(report.discrepancies)} discrepancies"
+        )
     _emit(args, data, "\n".join(lines))
     return 0 if report.ok else 1
 
@@ -158,8 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--database-url",
-        default=os.environ.get("CREDIT_DATABASE_URL", DEFAULT_URL),
-        help="ledger database (default: $CREDIT_DATABASE_URL, then sqlite:///./credits.db)",
+        default=None,
+        help="ledger database (default: $CREDIT_DATABASE_URL, then an existing ./credits.db)",
     )
     common.add_argument("--json", action="store_true", help="machine-readable output")
     parser = argparse.ArgumentParser(prog="credit-middleware", description=__doc__)
@@ -170,8 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("account")
     p = sub.add_parser("history", parents=[common], help="an account's entries, newest first")
     p.add_argument("account")
-    p.add_argument("--limit", type=int, default=50)
-    p.add_argument("--before", type=int, default=None, help="entry id to page from")
+    p.add_argument("--limit", type=int, default=50, help="how many (pages through beyond 1000)")
+    p.add_argument("--before", type=int, default=None, help="entries older than this entry id")
     p = sub.add_parser("grant", parents=[common], help="add credits to an account")
     p.add_argument("account")
     p.add_argument("amount", help="credits, e.g. 10 or 2.5")
@@ -181,6 +241,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default="admin", choices=["purchase", "promo", "admin"])
     p.add_argument("--create", action="store_true", help="open the account if missing")
     p.add_argument("--tier", default="default", help="tier for --create")
+    p = sub.add_parser("tier", parents=[common], help="change an account's tier (audited)")
+    p.add_argument("account")
+    p.add_argument("tier", help="the new tier, e.g. pro")
+    p.add_argument("--reason", default=None, help="why (kept in the audit trail)")
+    p.add_argument("--key", default=None, help="idempotency key")
+    p = sub.add_parser(
+        "purchase", parents=[common], help="grant purchased credits, optionally upgrading the tier"
+    )
+    p.add_argument("account")
+    p.add_argument("amount", help="credits, e.g. 10 or 2.5")
+    p.add_argument("--key", required=True, help="the payment or order id (idempotency key)")
+    p.add_argument("--tier", default=None, help="the tier to move the account to")
+    p.add_argument("--expires-in", type=parse_duration, default=None, help="e.g. 365d")
+    p.add_argument("--reason", default=None, help="kept in the audit trail")
     p = sub.add_parser("refund", parents=[common], help="return credits to an account")
     p.add_argument("account")
     p.add_argument("amount")
@@ -201,6 +275,8 @@ _COMMANDS: dict[str, Callable[[Ledger, argparse.Namespace], Awaitable[int]]] = {
     "balance": _balance,
     "history": _history,
     "grant": _grant,
+    "purchase": _purchase,
+    "tier": _tier,
     "refund": _refund,
     "verify": _verify,
     "report": _report,
@@ -208,10 +284,11 @@ _COMMANDS: dict[str, Callable[[Ledger, argparse.Namespace], Awaitable[int]]] = {
 
 
 async def _run(args: argparse.Namespace) -> int:
-    ledger = Ledger(args.database_url)
+    url = database_url(args.database_url, args.command)
+    ledger = Ledger(url)
     try:
         if args.command != "migrate":
-            await ledger.migrate()
+            await check_schema(ledger, url)
         return await _COMMANDS[args.command](ledger, args)
     finally:
         await ledger.close()

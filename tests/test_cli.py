@@ -62,6 +62,7 @@ def test_grant_balance_history_refund_verify(
 def test_bad_input_exits_2_and_writes_nothing(
     sqlite_url: str, capsys: pytest.CaptureFixture[str], args: tuple[str, ...]
 ) -> None:
+    js(capsys, "migrate", "--database-url", sqlite_url)
     code, out = run(capsys, *args, "--database-url", sqlite_url, "--json")
     assert code == 2
     assert "error" in json.loads(out)
@@ -77,6 +78,7 @@ def test_bad_duration_is_a_usage_error(sqlite_url: str) -> None:
 def test_verify_exits_1_on_a_broken_ledger(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'c.db'}"
     cli = [sys.executable, "-m", "credit_middleware"]
+    subprocess.run([*cli, "migrate", "--database-url", url], check=True)
     subprocess.run([*cli, "grant", "a", "3", "--create", "--database-url", url], check=True)
     import sqlite3
 
@@ -110,3 +112,135 @@ def test_demo_runs_clean() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for expected in ("verify: ok", "POST /auth/register                201", " 402 ", " 429 "):
         assert expected in proc.stdout
+
+
+def _ledger_with_account(url: str, capsys: pytest.CaptureFixture[str]) -> tuple[str, ...]:
+    db = ("--database-url", url)
+    js(capsys, "migrate", *db)
+    js(capsys, "grant", "alice", "10", "--create", "--tier", "trial", "--key", "g1", *db)
+    return db
+
+
+def test_tier_changes_what_balance_shows(
+    ledger_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = _ledger_with_account(ledger_url, capsys)
+    assert js(capsys, "balance", "alice", *db)["tier"] == "trial"
+    change = js(capsys, "tier", "alice", "pro", "--reason", "upgraded by support", *db)
+    assert (change["old_tier"], change["new_tier"], change["layer"]) == ("trial", "pro", "cli")
+    assert change["reason"] == "upgraded by support"
+    assert js(capsys, "balance", "alice", *db)["tier"] == "pro"
+    code, text = run(capsys, "tier", "alice", "team", "--key", "t-2", *db)
+    assert code == 0 and "pro -> team" in text and "within 60 s" in text
+    again = js(capsys, "tier", "alice", "team", "--key", "t-2", *db)
+    assert again["replayed"] is True
+    assert js(capsys, "verify", *db)["ok"] is True
+
+
+def test_purchase_grants_and_upgrades_once(
+    ledger_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = _ledger_with_account(ledger_url, capsys)
+    args = ("purchase", "alice", "25", "--tier", "pro", "--key", "order-7", "--expires-in", "365d")
+    first = js(capsys, *args, *db)
+    again = js(capsys, *args, *db)
+    assert first["replayed"] is False and again["replayed"] is True
+    assert first["tier_change"]["new_tier"] == "pro"
+    assert again["entry_id"] == first["entry_id"]
+    bal = js(capsys, "balance", "alice", *db)
+    assert (bal["tier"], bal["available"]) == ("pro", "35")
+    code, out = run(capsys, "purchase", "alice", "26", "--tier", "pro", "--key", "order-7", *db)
+    assert code == 2 and "order-7" in out
+    assert js(capsys, "balance", "alice", *db)["available"] == "35"
+    assert js(capsys, "verify", *db)["ok"] is True
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("tier", "nobody", "pro"),
+        ("tier", "alice", ""),
+        ("tier", "alice", "x" * 65),
+        ("tier", "alice", "pro\x00"),
+        ("tier", "alice", "pro", "--reason", "r\x00"),
+        ("purchase", "nobody", "5", "--tier", "pro", "--key", "o-1"),
+        ("purchase", "alice", "-5", "--tier", "pro", "--key", "o-1"),
+        ("purchase", "alice", "5", "--tier", "", "--key", "o-1"),
+    ],
+)
+def test_bad_tier_or_purchase_exits_2_and_writes_nothing(
+    sqlite_url: str, capsys: pytest.CaptureFixture[str], args: tuple[str, ...]
+) -> None:
+    db = _ledger_with_account(sqlite_url, capsys)
+    before = js(capsys, "balance", "alice", *db), js(capsys, "history", "alice", *db)
+    code, out = run(capsys, *args, *db, "--json")
+    assert code == 2 and json.loads(out)["detail"]
+    assert (js(capsys, "balance", "alice", *db), js(capsys, "history", "alice", *db)) == before
+
+
+def test_purchase_needs_a_key(sqlite_url: str) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["purchase", "alice", "5", "--database-url", sqlite_url])
+    assert info.value.code == 2
+
+
+def test_no_ledger_here_is_refused_and_nothing_is_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CREDIT_DATABASE_URL", raising=False)
+    for args in (("verify",), ("balance", "alice"), ("grant", "alice", "1", "--create")):
+        code, out = run(capsys, *args)
+        assert code == 2
+        assert "no ledger here" in out and "--database-url" in out and "migrate" in out
+    missing = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    code, out = run(capsys, "verify", "--database-url", missing)
+    assert code == 2 and "no SQLite ledger" in out
+    assert list(tmp_path.iterdir()) == []  # no credits.db, no elsewhere.db
+    assert js(capsys, "migrate")["version"] >= 1  # migrate is how a ledger is made
+    assert (tmp_path / "credits.db").exists()
+    code, out = run(capsys, "verify")
+    assert code == 0 and "the ledger is empty" in out
+
+
+def test_verify_on_an_unmigrated_database_says_so(
+    ledger_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if ledger_url.startswith("sqlite"):  # an existing SQLite file that holds no ledger
+        import sqlite3
+
+        path = tmp_path / "other.db"
+        with sqlite3.connect(path) as conn:
+            conn.execute("CREATE TABLE unrelated (x INTEGER)")
+        ledger_url = f"sqlite:///{path}"
+    code, out = run(capsys, "verify", "--database-url", ledger_url)
+    assert code == 2
+    assert "holds no credit ledger" in out and "credit-middleware migrate" in out
+    assert "ok" not in out.split()
+
+
+def test_history_pages_through_beyond_1000(
+    sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = ("--database-url", sqlite_url)
+    js(capsys, "migrate", *db)
+    js(capsys, "grant", "alice", "10000", "--create", "--key", "g", *db)
+
+    async def spend() -> None:
+        from credit_middleware import Ledger
+
+        async with Ledger(sqlite_url) as ledger:
+            for i in range(1204):
+                await ledger.debit("alice", "0.001", key=f"d{i}")
+
+    import asyncio
+
+    asyncio.run(spend())
+    entries = js(capsys, "history", "alice", "--limit", "1500", *db)
+    ids = [e["entry_id"] for e in entries]
+    assert len(ids) == 1205 and ids == sorted(ids, reverse=True) and len(set(ids)) == 1205
+    assert len(js(capsys, "history", "alice", "--limit", "1001", *db)) == 1001
+    code, text = run(capsys, "history", "alice", "--limit", "3", *db)
+    assert code == 0 and f"--before {ids[2]}" in text
+    older = js(capsys, "history", "alice", "--limit", "2", "--before", str(ids[2]), *db)
+    assert [e["entry_id"] for e in older] == ids[3:5]

@@ -9,6 +9,7 @@ import json
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 
@@ -59,14 +60,31 @@ def int_param(request: Request, name: str, default: int | None, lo: int, hi: int
     return int(raw)
 
 
-async def json_body(request: Request) -> dict[str, Any]:
-    if "json" not in request.headers.get("content-type", ""):
-        raise Problem(415, "unsupported-media-type", "send the body as application/json")
+async def _read(request: Request) -> bytes:
     raw = b""
     async for chunk in request.stream():
         raw += chunk
         if len(raw) > _MAX_BODY:
             raise Problem(413, "payload-too-large", f"the body is larger than {_MAX_BODY} bytes")
+    return raw
+
+
+async def form_body(request: Request) -> dict[str, str]:
+    """An HTML form post (``application/x-www-form-urlencoded``); the last value of a name."""
+    if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        raise Problem(415, "unsupported-media-type", "send the form url-encoded")
+    raw = await _read(request)
+    try:
+        pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, max_num_fields=50)
+    except (UnicodeDecodeError, ValueError):
+        raise invalid("the form is not valid url-encoded UTF-8") from None
+    return dict(pairs)
+
+
+async def json_body(request: Request) -> dict[str, Any]:
+    if "json" not in request.headers.get("content-type", ""):
+        raise Problem(415, "unsupported-media-type", "send the body as application/json")
+    raw = await _read(request)
     try:
         # Floats become Decimal only so they can be refused below with a clear message.
         data = json.loads(raw or b"{}", parse_float=Decimal, parse_constant=_no_constant)

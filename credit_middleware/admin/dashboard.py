@@ -36,6 +36,13 @@ form{padding:0 16px} input{font:inherit}
 """
 
 
+_NAV = """
+nav{background:#1e293b;padding:8px 24px;display:flex;gap:18px;align-items:center}
+nav a{color:#f8fafc;text-decoration:none} nav .who{margin-left:auto;color:#cbd5e1}
+nav form{display:inline;margin:0;padding:0}
+"""
+
+
 def _num(key: str, value: object) -> str:
     return f'<span data-k="{escape(key)}">{escape(str(value))}</span>'
 
@@ -179,16 +186,21 @@ def _top(data: dict[str, Any]) -> str:
 
 
 def render_dashboard(
-    data: dict[str, Any], refusals: list[dict[str, Any]], *, title: str = "Credit usage"
+    data: dict[str, Any],
+    refusals: list[dict[str, Any]],
+    *,
+    title: str = "Credit usage",
+    top: str = "",
 ) -> str:
-    """The page for one report (``Report.to_json()``) and the recent refusals."""
+    """The page for one report (``Report.to_json()``) and the recent refusals; ``top`` is
+    the admin app's navigation bar."""
     period = f"{data['since'] or 'the beginning'} to {data['until'] or 'now'}"
     embedded = json.dumps(data, sort_keys=True).replace("<", "\\u003c")
     since = escape((data["since"] or "")[:10])
     until = escape((data["until"] or "")[:10])
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>{escape(title)}</title><style>{_STYLE}</style></head><body>"
+        f"<title>{escape(title)}</title><style>{_STYLE}{_NAV}</style></head><body>{top}"
         f"<header><h1>{escape(title)}</h1><p>{escape(period)}, generated"
         f" {escape(data['generated_at'])}</p></header>"
         '<form method="get">From <input type="date" name="since" value="' + since + '"> to'

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ._search import RouteUsage
+from ._tiers import Purchase, TierChange
 from .contract import ChargeSpec, RequestStart, StoredResponse
 from .ledger import Ledger
 from .models import Account, Balance, Discrepancy, Entry, Grant, Hold, Receipt, VerifyReport
@@ -15,8 +17,11 @@ __all__ = [
     "Grant",
     "Hold",
     "Ledger",
+    "Purchase",
     "Receipt",
     "RequestStart",
+    "RouteUsage",
     "StoredResponse",
+    "TierChange",
     "VerifyReport",
 ]

@@ -23,13 +23,15 @@ from ..errors import (
     LedgerError,
 )
 from ..money import check_account_id, check_key, cost_to_micros, from_micros, to_micros
-from . import _ops, _verify
+from . import _ops, _search, _tiers, _verify
 from ._batch import DebitBatcher, DebitItem
 from ._executor import AsyncpgExecutor, Conn, Executor, SqliteExecutor
+from ._search import RouteUsage, check_query
+from ._tiers import Purchase, TierChange, change_tier, check_reason, check_tier, keyed_event
 from ._tx import ACCOUNT_COLS, ENTRY_COLS, GRANT_COLS, HOLD_COLS, Tag, dumps, lock, save, sweep
 from .contract import RequestStore
 from .models import Account, Balance, Entry, Grant, Hold, Receipt, VerifyReport, dt_to_us
-from .schema import current_version, migrate
+from .schema import VERSION_TABLE, current_version, migrate, migrations
 
 __all__ = ["Ledger"]
 
@@ -471,6 +473,101 @@ class Ledger(RequestStore):
                 out = await _ops.grant(conn, now, account_id, spec, tag, kind="adjust")
         return self._receipt(out)
 
+    async def set_tier(
+        self,
+        account_id: str,
+        tier: str,
+        *,
+        key: str | None = None,
+        reason: str | None = None,
+        layer: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> TierChange:
+        """Change the account's tier, audited (old, new, who, why, when) in one transaction.
+
+        With ``key``, a repeated call returns the first change and writes nothing (even if the
+        tier has changed since). Running middleware instances pick the new tier up within their
+        tier cache's lifetime (``middleware.TIER_TTL``, 60 s).
+        """
+        account_id = check_account_id(account_id)
+        tier = check_tier(tier)
+        reason = check_reason(reason)
+        key = check_key(key) if key is not None else f"tier:{uuid.uuid4().hex}"
+        layer = _label(layer, "layer")
+        meta = _metadata(metadata)
+        async with self._tx() as conn:
+            change = await change_tier(
+                conn,
+                self.now_us(),
+                account_id,
+                tier,
+                key,
+                layer=layer,
+                reason=reason,
+                metadata=meta,
+            )
+        return change
+
+    async def purchase(
+        self,
+        account_id: str,
+        amount: Decimal | int | str,
+        *,
+        key: str,
+        tier: str | None = None,
+        expires_at: datetime | None = None,
+        expires_in: timedelta | None = None,
+        priority: int = 0,
+        reason: str | None = None,
+        layer: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Purchase:
+        """Grant purchased credits and (with ``tier``) upgrade the tier, in one transaction.
+
+        ``key`` (a payment or order id) is required: the same key again returns the first
+        purchase and moves nothing; the key reused for another amount or tier is an
+        :class:`IdempotencyConflict`. Both halves happen, or neither does.
+        """
+        account_id = check_account_id(account_id)
+        micros = to_micros(amount)
+        if tier is not None:
+            tier = check_tier(tier)
+        reason = check_reason(reason)
+        if not isinstance(key, str):
+            raise ValueError("a purchase needs key=<payment or order id>")
+        key = check_key(key)
+        _priority(priority)
+        now = self.now_us()
+        ends = self._expiry(now, expires_at, expires_in)
+        if ends is not None and ends <= now:
+            raise ValueError("a purchase must expire in the future")
+        meta = _metadata(metadata)
+        grant_meta = {**(meta or {}), **({"tier": tier} if tier else {})}
+        grant_meta |= {"reason": reason} if reason else {}
+        spec = _ops.GrantSpec(micros, "purchase", key, priority, now, ends)
+        tag = Tag(key, _label(layer, "layer"), None, None, grant_meta or None)
+        async with self._tx() as conn:
+            out = await _ops.grant(conn, now, account_id, spec, tag)
+            receipt = self._receipt(out)
+            change = None
+            if tier is not None:
+                change = await change_tier(
+                    conn,
+                    now,
+                    account_id,
+                    tier,
+                    key,
+                    layer=tag.layer,
+                    reason=reason,
+                    metadata=meta,
+                    entry_id=receipt.entry.entry_id,
+                )
+                if change.replayed != receipt.replayed:  # the key named a plain grant before
+                    raise IdempotencyConflict(account_id, key, "already used for a grant")
+            elif receipt.replayed and await keyed_event(conn, account_id, key) is not None:
+                raise IdempotencyConflict(account_id, key, "already used with a tier change")
+        return Purchase(receipt, change)
+
     async def provision(
         self,
         account_id: str,
@@ -672,6 +769,52 @@ class Ledger(RequestStore):
         """Check the four invariants over the whole ledger; lists every discrepancy."""
         async with self._x.read() as conn:
             return await _verify.verify(conn)
+
+    async def tier_history(self, account_id: str, *, limit: int = 50) -> list[TierChange]:
+        """The account's tier changes, newest first (empty if it never changed)."""
+        account_id = check_account_id(account_id)
+        if not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise ValueError("limit must be between 1 and 1000")
+        async with self._x.read() as conn:
+            return await _tiers.tier_history(conn, account_id, limit)
+
+    async def search_accounts(self, query: str = "", *, limit: int = 50) -> list[Account]:
+        """Accounts whose id starts with ``query``, or with that e-mail (``a@b.c``) or e-mail
+        domain (``@b.c``) in their metadata; newest first. For operators, not the hot path."""
+        query = check_query(query)
+        if not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise ValueError("limit must be between 1 and 1000")
+        async with self._x.read() as conn:
+            return await _search.search_accounts(conn, query, limit)
+
+    async def usage_by_route(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        account_id: str | None = None,
+    ) -> list[RouteUsage]:
+        """Calls billed and credits charged/refunded per route, for entries written in
+        [since, until); largest net first."""
+        lo = dt_to_us(since) if since is not None else 0
+        hi = dt_to_us(until) if until is not None else 2**62
+        if lo >= hi:
+            raise ValueError("since must be before until")
+        aid = check_account_id(account_id) if account_id is not None else None
+        async with self._x.read() as conn:
+            return await _search.usage_by_route(conn, lo, hi, aid)
+
+    async def pending_migrations(self) -> list[int]:
+        """The schema versions this library has that the database lacks (all of them when the
+        database holds no ledger yet)."""
+        have: set[int] = set()
+        async with self._x.read() as conn:
+            try:
+                rows = await conn.fetch(f"SELECT version FROM {VERSION_TABLE}")
+                have = {int(r["version"]) for r in rows}
+            except Exception:  # no version table: an empty (or foreign) database
+                have = set()
+        return [v for v, _, _ in migrations(self._x.dialect) if v not in have]
 
     # ------------------------------------------------------------------ helpers
 

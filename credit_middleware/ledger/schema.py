@@ -167,6 +167,52 @@ def _requests(dialect: Dialect) -> str:
     return _REQUESTS.format(blob="BYTEA" if dialect == "postgresql" else "BLOB")
 
 
+# Migration 6: an append-only audit of account changes that move no money (tier changes, the
+# tier half of a purchase). Entries stay money moves only (their kinds are a CHECK); this table
+# says who changed what, when and why, and its idempotency key makes a retried change a replay.
+_EVENTS = """
+CREATE TABLE credit_account_events (
+    event_id        {serial},
+    account_id      TEXT NOT NULL REFERENCES credit_accounts(account_id),
+    kind            TEXT NOT NULL CHECK (kind IN ('tier')),
+    old_value       TEXT NOT NULL,
+    new_value       TEXT NOT NULL CHECK (length(new_value) BETWEEN 1 AND 64),
+    entry_id        BIGINT REFERENCES credit_entries(entry_id),
+    idempotency_key TEXT NOT NULL,
+    layer           TEXT,
+    reason          TEXT,
+    metadata        TEXT NOT NULL DEFAULT '{{}}',
+    created_at      BIGINT NOT NULL,
+    UNIQUE (account_id, idempotency_key)
+);
+CREATE INDEX credit_account_events_account ON credit_account_events (account_id, event_id);
+"""
+
+_PG_EVENTS_APPEND_ONLY = """
+CREATE TRIGGER credit_account_events_append_only BEFORE UPDATE OR DELETE
+    ON credit_account_events FOR EACH ROW EXECUTE FUNCTION credit_append_only();
+CREATE TRIGGER credit_account_events_no_truncate BEFORE TRUNCATE ON credit_account_events
+    FOR EACH STATEMENT EXECUTE FUNCTION credit_append_only();
+"""
+
+_SQLITE_EVENTS_APPEND_ONLY = """
+CREATE TRIGGER credit_account_events_no_update BEFORE UPDATE ON credit_account_events
+    BEGIN SELECT RAISE(ABORT, 'the credit ledger table credit_account_events is append-only');
+    END;
+CREATE TRIGGER credit_account_events_no_delete BEFORE DELETE ON credit_account_events
+    BEGIN SELECT RAISE(ABORT, 'the credit ledger table credit_account_events is append-only');
+    END;
+"""
+
+
+def _events(dialect: Dialect) -> str:
+    serial = (
+        "BIGSERIAL PRIMARY KEY" if dialect == "postgresql" else "INTEGER PRIMARY KEY AUTOINCREMENT"
+    )
+    guard = _PG_EVENTS_APPEND_ONLY if dialect == "postgresql" else _SQLITE_EVENTS_APPEND_ONLY
+    return _EVENTS.format(serial=serial) + guard
+
+
 def _core(dialect: Dialect) -> str:
     serial = (
         "BIGSERIAL PRIMARY KEY" if dialect == "postgresql" else "INTEGER PRIMARY KEY AUTOINCREMENT"
@@ -182,11 +228,13 @@ def migrations(dialect: Dialect) -> Sequence[tuple[int, str, str]]:
             (2, "server-side debit", PG_FUNCTIONS),
             (3, "server-side provisioning", PG_PROVISION),
             (4, "idempotent requests and charge voids", _requests(dialect) + PG_DEBIT_VOIDS),
+            (6, "account events (tier audit)", _events(dialect)),
             (7, "group commit; server-side hold and capture", PG_DEBIT_MANY + PG_HOLDS),
         ]
     return [
         (1, "ledger tables", _core(dialect) + _SQLITE_APPEND_ONLY),
         (4, "idempotent requests and charge voids", _requests(dialect)),
+        (6, "account events (tier audit)", _events(dialect)),
     ]
 
 
