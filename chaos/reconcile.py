@@ -1,0 +1,189 @@
+"""The ledger against what the clients saw.
+
+Every standing charge (a debit or capture not cancelled by a refund that references it) is
+placed on the attempt that caused it: its logical call by key (a ``Credit-Charge-Id`` the
+responses named, or an entry key containing the call's ``Idempotency-Key``), else by the user
+(a user has one call in flight at a time); within the call, the last attempt sent before the
+entry was written. Then each attempt's answer says whether the charge was honest.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import contract
+from .books import Books, Entry
+from .faults import Fault
+from .load import Attempt, Call
+
+#: seconds after a fault's end still counted as "during" it, for the breakdown
+AFTERMATH = 10.0
+
+
+@dataclass
+class Figures:
+    """Everything the report prints and the bars are checked against."""
+
+    counts: dict[str, Any] = field(default_factory=dict)
+    statuses: Counter[str] = field(default_factory=Counter)
+    finals: Counter[str] = field(default_factory=Counter)
+    charges: Counter[str] = field(default_factory=Counter)
+    lost_micros: int = 0
+    by_fault: dict[str, Counter[str]] = field(default_factory=dict)
+    trials: dict[str, int] = field(default_factory=dict)
+    verify: dict[str, Any] = field(default_factory=dict)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+
+def status_class(a: Attempt) -> str:
+    if a.status is None:
+        return "lost_in_flight" if a.sent else "not_connected"
+    if 200 <= a.status < 300:
+        return "2xx_replayed" if a.replayed else "2xx_first"
+    if a.status == 503:
+        return "503" if a.headers.get(contract.RETRY_AFTER.lower()) else "503_no_retry_after"
+    if a.status in (402, 404, 405, 409, 422, 429):
+        return str(a.status)
+    return "other_4xx" if a.status < 500 else "other_5xx"
+
+
+#: how a standing charge is judged by the answer of the attempt it landed on
+_VERDICT = {
+    "2xx_first": "served",
+    "2xx_replayed": "charged_replay",
+    "lost_in_flight": "lost_in_flight",
+    "503": "charged_503",
+    "503_no_retry_after": "charged_503",
+}
+BAD_CHARGES = (
+    "charged_503",
+    "charged_replay",
+    "charged_refusal",
+    "double",
+    "unattributed",
+)
+
+
+class _Placer:
+    def __init__(self, calls: list[Call]) -> None:
+        self.by_user: dict[str, list[tuple[float, Call, Attempt]]] = {}
+        self.by_key: dict[str, Call] = {}
+        self.charge_ids: dict[str, Call] = {}
+        for call in calls:
+            self.by_key[call.key] = call
+            for a in call.attempts:
+                self.by_user.setdefault(call.user, []).append((a.t_send, call, a))
+                if a.charge_id:
+                    self.charge_ids[a.charge_id] = call
+        for seq in self.by_user.values():
+            seq.sort(key=lambda item: item[0])
+        self._times = {u: [t for t, _, _ in seq] for u, seq in self.by_user.items()}
+
+    def call_of(self, entry: Entry) -> Call | None:
+        key = entry.key or ""
+        if key in self.charge_ids:
+            return self.charge_ids[key]
+        for part in contract.client_keys_in(key):
+            if part in self.by_key:
+                return self.by_key[part]
+        return None
+
+    def place(self, entry: Entry) -> tuple[Call, Attempt] | None:
+        call = self.call_of(entry)
+        if call is not None and call.user == entry.account_id and call.attempts:
+            sent = [a for a in call.attempts if a.t_send <= entry.created_at]
+            return call, (sent[-1] if sent else call.attempts[0])
+        times = self._times.get(entry.account_id)
+        if not times:
+            return None
+        i = bisect.bisect_right(times, entry.created_at) - 1
+        if i < 0:
+            return None
+        _, call, attempt = self.by_user[entry.account_id][i]
+        return call, attempt
+
+
+def reconcile(calls: list[Call], books: Books, faults: list[Fault]) -> Figures:
+    fig = Figures()
+    placer = _Placer(calls)
+    attempts = [(c, a) for c in calls for a in c.attempts]
+    for _, a in attempts:
+        fig.statuses[status_class(a)] += 1
+    for c in calls:
+        fig.finals[status_class(c.final) if c.final else "none"] += 1
+    billed: Counter[int] = Counter()  # id(attempt) -> standing charges placed on it
+    for entry, standing in books.charges():
+        if standing <= 0:
+            fig.charges["reversed"] += 1
+            continue
+        fig.charges["standing"] += 1
+        placed = placer.place(entry)
+        if placed is None:
+            verdict = "unattributed"
+        else:
+            call, attempt = placed
+            billed[id(attempt)] += 1
+            verdict = _VERDICT.get(status_class(attempt), "charged_refusal")
+            if billed[id(attempt)] > 1:
+                verdict = "double"
+        fig.charges[verdict] += 1
+        if verdict in BAD_CHARGES:
+            fig.lost_micros += standing
+            _note(fig, verdict, f"entry {entry.entry_id} {entry.kind} key={entry.key}")
+            _near(fig, faults, entry.created_at, verdict)
+    served_unbilled = 0
+    for call, a in attempts:
+        if call.metered and status_class(a) == "2xx_first" and not billed[id(a)]:
+            served_unbilled += 1
+            _note(fig, "served_unbilled", f"{call.route} key={call.key}")
+            _near(fig, faults, a.t_send, "served_unbilled")
+    for call, a in attempts:
+        cls = status_class(a)
+        if cls in ("503_no_retry_after", "other_5xx"):
+            _note(fig, "undocumented_5xx", f"{call.route} {a.status} {a.problem}")
+            _near(fig, faults, a.t_send, "undocumented_5xx")
+        elif cls == "503":
+            _near(fig, faults, a.t_send, "503")
+    fig.counts = {
+        "logical_calls": len(calls),
+        "attempts": len(attempts),
+        "metered_first_served_2xx": sum(
+            1 for c, a in attempts if c.metered and status_class(a) == "2xx_first"
+        ),
+        "served_unbilled": served_unbilled,
+        "undocumented_5xx": fig.statuses["503_no_retry_after"] + fig.statuses["other_5xx"],
+        "users": len({c.user for c in calls}),
+    }
+    fig.trials = _trials(calls, books, billed)
+    fig.verify = books.verify
+    return fig
+
+
+def _trials(calls: list[Call], books: Books, billed: Counter[int]) -> dict[str, int]:
+    served = {c.user for c in calls for a in c.attempts if billed[id(a)]}
+    counts = Counter(books.trials.get(u, 0) for u in books.accounts)
+    return {
+        "accounts": len(books.accounts),
+        "one_trial": counts[1],
+        "no_trial": counts[0],
+        "more_than_one": sum(n for k, n in counts.items() if k > 1),
+        "served_without_trial": sum(1 for u in served if books.trials.get(u, 0) == 0),
+        "open_holds": books.open_holds,
+    }
+
+
+def _note(fig: Figures, what: str, text: str) -> None:
+    seen = fig.examples.setdefault(what, [])
+    if len(seen) < 5:
+        seen.append(text)
+
+
+def _near(fig: Figures, faults: list[Fault], t: float, what: str) -> None:
+    name = "no fault"
+    for fault in faults:
+        if fault.t_start <= t <= fault.t_end + AFTERMATH:
+            name = fault.name
+    fig.by_fault.setdefault(name, Counter())[what] += 1
