@@ -52,4 +52,13 @@ lock: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache credits.db credits.db-*
 
+# The fault suite (chaos/): private PostgreSQL and Redis on their own ports, the example app with
+# 2 workers under keyed-retry load while Redis, PostgreSQL and a worker are killed and a loop is
+# stalled; fails when the ledger and what the clients saw disagree (about two minutes).
+CHAOS_TIMEOUT ?= 600
+
+.PHONY: chaos
+chaos: $(STAMP)
+	timeout --kill-after=30 $(CHAOS_TIMEOUT) $(PY) -m chaos
+
 -include benchmarks/bench.mk

@@ -19,7 +19,9 @@ from .books import Books, Entry
 from .faults import Fault
 from .load import Attempt, Call
 
-#: seconds after a fault's end still counted as "during" it, for the breakdown
+#: seconds before a fault's start (requests already in flight) and after its end still counted
+#: as "during" it, for the breakdown by fault
+LEAD_IN = 2.0
 AFTERMATH = 10.0
 
 
@@ -115,6 +117,7 @@ def reconcile(calls: list[Call], books: Books, faults: list[Fault]) -> Figures:
     for c in calls:
         fig.finals[status_class(c.final) if c.final else "none"] += 1
     billed: Counter[int] = Counter()  # id(attempt) -> standing charges placed on it
+    mismatched = 0
     for entry, standing in books.charges():
         if standing <= 0:
             fig.charges["reversed"] += 1
@@ -129,6 +132,9 @@ def reconcile(calls: list[Call], books: Books, faults: list[Fault]) -> Figures:
             verdict = _VERDICT.get(status_class(attempt), "charged_refusal")
             if billed[id(attempt)] > 1:
                 verdict = "double"
+            elif verdict == "served" and attempt.charge_id not in (None, entry.key):
+                mismatched += 1  # the response named another charge id than the entry has
+                _note(fig, "charge_id_mismatch", f"{attempt.charge_id} vs {entry.key}")
         fig.charges[verdict] += 1
         if verdict in BAD_CHARGES:
             fig.lost_micros += standing
@@ -139,14 +145,14 @@ def reconcile(calls: list[Call], books: Books, faults: list[Fault]) -> Figures:
         if call.metered and status_class(a) == "2xx_first" and not billed[id(a)]:
             served_unbilled += 1
             _note(fig, "served_unbilled", f"{call.route} key={call.key}")
-            _near(fig, faults, a.t_send, "served_unbilled")
+            _near(fig, faults, a.t_end, "served_unbilled")
     for call, a in attempts:
         cls = status_class(a)
         if cls in ("503_no_retry_after", "other_5xx"):
             _note(fig, "undocumented_5xx", f"{call.route} {a.status} {a.problem}")
-            _near(fig, faults, a.t_send, "undocumented_5xx")
-        elif cls == "503":
-            _near(fig, faults, a.t_send, "503")
+            _near(fig, faults, a.t_end, "undocumented_5xx")
+        elif cls in ("503", "lost_in_flight"):
+            _near(fig, faults, a.t_end, cls)
     fig.counts = {
         "logical_calls": len(calls),
         "attempts": len(attempts),
@@ -154,6 +160,7 @@ def reconcile(calls: list[Call], books: Books, faults: list[Fault]) -> Figures:
             1 for c, a in attempts if c.metered and status_class(a) == "2xx_first"
         ),
         "served_unbilled": served_unbilled,
+        "charge_id_mismatches": mismatched,
         "undocumented_5xx": fig.statuses["503_no_retry_after"] + fig.statuses["other_5xx"],
         "users": len({c.user for c in calls}),
     }
@@ -184,6 +191,6 @@ def _note(fig: Figures, what: str, text: str) -> None:
 def _near(fig: Figures, faults: list[Fault], t: float, what: str) -> None:
     name = "no fault"
     for fault in faults:
-        if fault.t_start <= t <= fault.t_end + AFTERMATH:
+        if fault.t_start - LEAD_IN <= t <= fault.t_end + AFTERMATH:
             name = fault.name
     fig.by_fault.setdefault(name, Counter())[what] += 1

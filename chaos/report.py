@@ -80,10 +80,14 @@ def table(result: dict[str, Any]) -> str:
             f"{s.get('lost_in_flight', 0)} / {s.get('not_connected', 0)}",
         ),
         ("final answers", ", ".join(f"{k} {v}" for k, v in result["final_statuses"].items())),
-        ("metered first-served 2xx", str(c["metered_first_served_2xx"])),
         (
-            "standing charges (served / lost in flight)",
-            f"{ch.get('standing', 0)} ({ch.get('served', 0)} / {ch.get('lost_in_flight', 0)})",
+            "metered first-served 2xx: billed + not",
+            f"{c['metered_first_served_2xx']} = {ch.get('served', 0)} + {c['served_unbilled']}",
+        ),
+        (
+            "standing charges: served + lost in flight + not served",
+            f"{ch.get('standing', 0)} = {ch.get('served', 0)} + {ch.get('lost_in_flight', 0)}"
+            f" + {sum(ch.get(k, 0) for k in BAD_CHARGES)}",
         ),
         ("debit+refund pairs (not charged)", str(ch.get("reversed", 0))),
         (
