@@ -32,11 +32,11 @@ class Books:
     verify: dict[str, Any] = field(default_factory=dict)
 
     def charges(self) -> list[tuple[Entry, int]]:
-        """Each entry that took money for a call, with what stands of it after the refunds
+        """Each entry that took money for a call, with what stands of it after the reversals
         that reference it (0: a debit+refund pair, not charged)."""
         refunded: dict[int, int] = {}
         for e in self.entries:
-            if e.kind == contract.REFUND_KIND and e.ref_entry_id is not None:
+            if e.kind in contract.REVERSAL_KINDS and e.ref_entry_id is not None:
                 refunded[e.ref_entry_id] = refunded.get(e.ref_entry_id, 0) + e.amount
         return [
             (e, e.amount - refunded.get(e.entry_id, 0))

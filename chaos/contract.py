@@ -22,10 +22,11 @@ COST = "Credit-Cost"
 #: Required on every 503: a 503 without it is an undocumented 5xx.
 RETRY_AFTER = "Retry-After"
 
-#: Entries that take money for a call; a ``refund`` whose ``ref_entry_id`` names one of them
-#: cancels it (a debit+refund pair is "not charged"). Holds and releases move no balance.
+#: Entries that take money for a call; a reversal (a ``refund``) whose ``ref_entry_id`` names
+#: one of them cancels it (a debit+refund pair is "not charged"). Holds and releases move no
+#: balance.
 CHARGE_KINDS = ("debit", "capture")
-REFUND_KIND = "refund"
+REVERSAL_KINDS = ("refund",)
 TRIAL_SOURCE = "trial"
 
 #: Statuses a client retries with the same key: 503 after ``Retry-After``, 409 (the first
