@@ -102,6 +102,10 @@ class AppServer:
 
     def busiest_worker(self) -> int:
         """The worker with the most established connections on the app's port."""
+        return self.workers_by_load()[0]
+
+    def workers_by_load(self) -> list[int]:
+        """The workers, most established connections on the app's port first."""
         inodes = _established(self.port)
 
         def load(pid: int) -> int:
@@ -111,7 +115,7 @@ class AppServer:
                 return 0
             return sum(1 for fd in fds if _readlink(fd) in inodes)
 
-        return max(self.worker_pids(), key=load)
+        return sorted(self.worker_pids(), key=load, reverse=True)
 
     def kill_worker(self) -> int:
         """SIGKILL the busiest worker; returns its pid (the supervisor starts a new one)."""
@@ -128,11 +132,9 @@ class AppServer:
 
         wait_for("the supervisor to restart the worker", back, timeout)
 
-    def stall_worker(self) -> int:
-        """Block the busiest worker's event loop (SIGUSR1, see ``chaos/asgi.py``)."""
-        pid = self.busiest_worker()
+    def stall_worker(self, pid: int) -> None:
+        """Block a worker's event loop (SIGUSR1, see ``chaos/asgi.py``)."""
         os.kill(pid, signal.SIGUSR1)
-        return pid
 
     def stop(self) -> None:
         if self.proc is None:

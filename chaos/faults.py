@@ -23,8 +23,8 @@ class Fault:
 @dataclass
 class Faults:
     """What to break: the private servers and the app; ``redis_down`` seconds between the
-    kill and the restart; ``stall`` the seconds a worker's loop is blocked (for the record;
-    the app reads it from ``CREDIT_CHAOS_STALL``)."""
+    kill and the restart; ``stall`` the seconds a worker's loop is blocked (the workers read
+    it from ``CREDIT_CHAOS_STALL``)."""
 
     pg: PrivatePostgres
     redis: PrivateRedis
@@ -38,7 +38,7 @@ class Faults:
             ("postgres restart -m fast", lambda: self._pg("fast")),
             ("postgres restart -m immediate", lambda: self._pg("immediate")),
             ("worker SIGKILL", self._kill_worker),
-            ("event-loop stall", self._stall),
+            ("event-loop stall, each worker in turn", self._stall),
         ]
 
     async def run(self, lead: float, gap: float) -> list[Fault]:
@@ -72,6 +72,18 @@ class Faults:
         return f"pid {pid}, replaced in {time.monotonic() - started:.1f}s"
 
     def _stall(self) -> str:
-        pid = self.app.stall_worker()
-        time.sleep(self.stall)
-        return f"pid {pid} blocked {self.stall:.0f}s"
+        """Each worker's loop blocked in turn (the busiest first). So that the stall finds
+        requests waiting on the ledger (most of a request's time is CPU here), PostgreSQL is
+        paused for a moment first and let go just after the stall began: it commits their
+        debits while the worker is blocked, and their timeouts have expired when it wakes."""
+        pids = self.app.workers_by_load()
+        for pid in pids:
+            paused = self.pg.pause()
+            try:
+                time.sleep(0.6)
+                self.app.stall_worker(pid)
+                time.sleep(0.2)
+            finally:
+                self.pg.resume(paused)
+            time.sleep(self.stall + 1.5)
+        return f"pids {', '.join(map(str, pids))} blocked {self.stall:.0f}s each"

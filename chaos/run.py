@@ -31,12 +31,12 @@ from .services import PrivatePostgres, PrivateRedis, check_private
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m chaos", description=__doc__)
-    p.add_argument("--duration", type=float, default=70.0, help="seconds of load (70)")
+    p.add_argument("--duration", type=float, default=75.0, help="seconds of load (75)")
     p.add_argument("--concurrency", type=int, default=24, help="concurrent clients (24)")
     p.add_argument("--users", type=int, default=160, help="distinct users (160)")
     p.add_argument("--max-calls", type=int, default=40_000, help="logical calls at most")
     p.add_argument("--lead", type=float, default=6.0, help="seconds before the first fault")
-    p.add_argument("--gap", type=float, default=12.0, help="seconds between fault starts")
+    p.add_argument("--gap", type=float, default=11.0, help="seconds between fault starts")
     p.add_argument("--stall", type=float, default=6.0, help="event-loop stall (2x timeout)")
     p.add_argument("--trial", default="0.1", help="trial credits (100 calls at 0.001)")
     p.add_argument("--rate-limit", default="120/minute;2000/day")

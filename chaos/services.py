@@ -13,6 +13,7 @@ import os
 import pwd
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -99,6 +100,28 @@ class PrivatePostgres:
         """``pg_ctl restart -m fast|immediate``: every connection is dropped; immediate skips
         the shutdown checkpoint, so the restart runs crash recovery."""
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-m", mode, "-w", "restart")
+
+    def pids(self) -> list[int]:
+        """The postmaster and its children (backends, checkpointer, ...)."""
+        try:
+            master = int((self.data / "postmaster.pid").read_text().split()[0])
+            kids = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+        except (OSError, ValueError, IndexError):
+            return []
+        return [master, *map(int, kids)]
+
+    def pause(self) -> list[int]:
+        """SIGSTOP the whole server (a database that stops answering for a while)."""
+        pids = self.pids()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        return pids
+
+    def resume(self, pids: list[int]) -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
     def stop(self) -> None:
         if (self.data / "postmaster.pid").exists():
