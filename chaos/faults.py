@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from .appserver import AppServer
 from .services import PrivatePostgres, PrivateRedis
 
+#: the faults, in the order they run
+NAMES = ("redis", "pg-fast", "pg-immediate", "kill", "stall")
+
 
 @dataclass
 class Fault:
@@ -32,14 +35,17 @@ class Faults:
     redis_down: float = 4.0
     stall: float = 6.0
 
+    only: tuple[str, ...] = NAMES
+
     def plan(self) -> list[tuple[str, Callable[[], str]]]:
-        return [
-            ("redis killed and restarted", self._redis),
-            ("postgres restart -m fast", lambda: self._pg("fast")),
-            ("postgres restart -m immediate", lambda: self._pg("immediate")),
-            ("worker SIGKILL", self._kill_worker),
-            ("event-loop stall, each worker in turn", self._stall),
-        ]
+        steps: dict[str, tuple[str, Callable[[], str]]] = {
+            "redis": ("redis killed and restarted", self._redis),
+            "pg-fast": ("postgres restart -m fast", lambda: self._pg("fast")),
+            "pg-immediate": ("postgres restart -m immediate", lambda: self._pg("immediate")),
+            "kill": ("worker SIGKILL", self._kill_worker),
+            "stall": ("event-loop stall, each worker in turn", self._stall),
+        }
+        return [steps[name] for name in NAMES if name in self.only]
 
     async def run(self, lead: float, gap: float) -> list[Fault]:
         """Wait ``lead`` seconds, then one fault every ``gap`` seconds (each after the

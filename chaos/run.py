@@ -22,8 +22,8 @@ from typing import Any
 
 from .appserver import ROOT, AppServer
 from .books import read_books
-from .faults import Fault, Faults
-from .load import Call, Load, LoadConfig, user_names
+from .faults import NAMES, Fault, Faults
+from .load import ROUTES, Call, Load, LoadConfig, user_names
 from .reconcile import reconcile
 from .report import table, to_json, write
 from .services import PrivatePostgres, PrivateRedis, check_private
@@ -40,6 +40,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--stall", type=float, default=6.0, help="event-loop stall (2x timeout)")
     p.add_argument("--trial", default="0.1", help="trial credits (100 calls at 0.001)")
     p.add_argument("--rate-limit", default="120/minute;2000/day")
+    p.add_argument("--faults", default=",".join(NAMES), help="which, comma-separated (all)")
+    p.add_argument("--mix", default="echo=0.85,chat=0.10,missing=0.05", help="route shares")
     p.add_argument("--out", default="latest.json", help="file name in chaos/results/")
     p.add_argument("--dump", type=Path, help="also write every attempt here (JSON lines)")
     return p.parse_args(argv)
@@ -77,8 +79,12 @@ def main(argv: list[str] | None = None) -> int:
             concurrency=args.concurrency,
             duration=args.duration,
             max_calls=args.max_calls,
+            mix=_mix(args.mix),
         )
-        faults = Faults(pg, redis, app, stall=args.stall)
+        only = tuple(name.strip() for name in args.faults.split(",") if name.strip())
+        if set(only) - set(NAMES):
+            raise SystemExit(f"--faults: unknown {sorted(set(only) - set(NAMES))}; use {NAMES}")
+        faults = Faults(pg, redis, app, stall=args.stall, only=only)
         load_started = time.time()
         calls, done = asyncio.run(_load_with_faults(Load(cfg, users), faults, args))
         load_s = time.time() - load_started
@@ -117,6 +123,14 @@ async def _load_with_faults(
     fault_task = asyncio.create_task(faults.run(args.lead, args.gap))
     calls = await load.run()
     return calls, await fault_task
+
+
+def _mix(text: str) -> tuple[tuple[str, float], ...]:
+    pairs = [part.split("=", 1) for part in text.split(",") if part.strip()]
+    mix = tuple((name.strip(), float(share)) for name, share in pairs)
+    if not mix or any(name not in ROUTES for name, _ in mix):
+        raise SystemExit(f"--mix: routes are {sorted(ROUTES)}, e.g. echo=0.9,missing=0.1")
+    return mix
 
 
 def _dump(path: Path, calls: list[Call]) -> None:
