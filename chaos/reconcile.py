@@ -124,10 +124,12 @@ def reconcile(calls: list[Call], books: Books, faults: list[Fault]) -> Figures:
             continue
         fig.charges["standing"] += 1
         placed = placer.place(entry)
+        seen_at = entry.created_at  # for the breakdown: when the client got its answer
         if placed is None:
             verdict = "unattributed"
         else:
             call, attempt = placed
+            seen_at = attempt.t_end
             billed[id(attempt)] += 1
             verdict = _VERDICT.get(status_class(attempt), "charged_refusal")
             if billed[id(attempt)] > 1:
@@ -139,7 +141,7 @@ def reconcile(calls: list[Call], books: Books, faults: list[Fault]) -> Figures:
         if verdict in BAD_CHARGES:
             fig.lost_micros += standing
             _note(fig, verdict, f"entry {entry.entry_id} {entry.kind} key={entry.key}")
-            _near(fig, faults, entry.created_at, verdict)
+            _near(fig, faults, seen_at, verdict)
     served_unbilled = 0
     for call, a in attempts:
         if call.metered and status_class(a) == "2xx_first" and not billed[id(a)]:
