@@ -2,8 +2,8 @@
 
 Each client owns a disjoint set of users and makes one logical call at a time, so a user never
 has two calls in flight (the reconciliation can place every ledger entry of a user in time).
-A logical call carries one ``Idempotency-Key`` on all its attempts; after a 503 it waits
-``Retry-After`` (capped), after a 409 or a lost connection a moment, and tries again, a bounded
+A logical call carries one ``Idempotency-Key`` on all its attempts; after a 503 or a 409 it
+waits ``Retry-After`` (capped), after a lost connection a moment, and tries again, a bounded
 number of times. Only ever to 127.0.0.1.
 """
 
@@ -189,15 +189,13 @@ class Load:
         """Seconds to wait before the next attempt, or None when the answer is final."""
         if attempt.status is None:
             return 0.3 + rng.random() * 0.4
-        if attempt.status == 503:
-            try:
-                after = float(attempt.headers.get(contract.RETRY_AFTER.lower(), "1"))
-            except ValueError:
-                after = 1.0
-            return min(max(after, 0.1), self.cfg.max_wait) * (0.8 + rng.random() * 0.4)
-        if attempt.status in contract.RETRY_STATUSES:
-            return 0.3 + rng.random() * 0.4
-        return None
+        if attempt.status not in contract.RETRY_STATUSES:
+            return None
+        try:
+            after = float(attempt.headers.get(contract.RETRY_AFTER.lower(), "0.5"))
+        except ValueError:
+            after = 0.5
+        return min(max(after, 0.1), self.cfg.max_wait) * (0.8 + rng.random() * 0.4)
 
 
 def _problem_type(content: bytes) -> str | None:

@@ -116,25 +116,21 @@ def reconcile(calls: list[Call], books: Books, faults: list[Fault]) -> Figures:
         fig.statuses[status_class(a)] += 1
     for c in calls:
         fig.finals[status_class(c.final) if c.final else "none"] += 1
+    placed = _place_all(fig, placer, books)
     billed: Counter[int] = Counter()  # id(attempt) -> standing charges placed on it
     mismatched = 0
-    for entry, standing in books.charges():
-        if standing <= 0:
-            fig.charges["reversed"] += 1
-            continue
-        fig.charges["standing"] += 1
-        placed = placer.place(entry)
+    for entry, standing, spot, resumed in placed:
         seen_at = entry.created_at  # for the breakdown: when the client got its answer
-        if placed is None:
+        if spot is None:
             verdict = "unattributed"
         else:
-            call, attempt = placed
+            attempt = spot
             seen_at = attempt.t_end
             billed[id(attempt)] += 1
             verdict = _VERDICT.get(status_class(attempt), "charged_refusal")
             if billed[id(attempt)] > 1:
                 verdict = "double"
-            elif verdict == "served" and attempt.charge_id not in (None, entry.key):
+            elif verdict == "served" and not resumed and attempt.charge_id not in (None, entry.key):
                 mismatched += 1  # the response named another charge id than the entry has
                 _note(fig, "charge_id_mismatch", f"{attempt.charge_id} vs {entry.key}")
         fig.charges[verdict] += 1
@@ -169,6 +165,39 @@ def reconcile(calls: list[Call], books: Books, faults: list[Fault]) -> Figures:
     fig.trials = _trials(calls, books, billed)
     fig.verify = books.verify
     return fig
+
+
+def _place_all(
+    fig: Figures, placer: _Placer, books: Books
+) -> list[tuple[Entry, int, Attempt | None, bool]]:
+    """(entry, what stands of it, the attempt it lands on, whether a retry resumed it) for
+    every standing charge. A charge taken by an attempt whose answer was lost, when a later
+    attempt of the same call was served without a charge of its own, is that served answer's
+    (the retry resumed it: one charge, one answer)."""
+    out: list[tuple[Entry, int, Attempt | None, bool]] = []
+    taken: set[int] = set()
+    lost: list[tuple[int, Call, Attempt]] = []
+    for entry, standing in books.charges():
+        if standing <= 0:
+            fig.charges["reversed"] += 1
+            continue
+        fig.charges["standing"] += 1
+        spot = placer.place(entry)
+        if spot is not None:
+            taken.add(id(spot[1]))
+            if spot[1].lost_in_flight:
+                lost.append((len(out), spot[0], spot[1]))
+        out.append((entry, standing, spot[1] if spot else None, False))
+    for index, call, attempt in lost:
+        later = call.attempts[call.attempts.index(attempt) + 1 :]
+        for a in later:
+            if status_class(a) == "2xx_first" and id(a) not in taken:
+                taken.add(id(a))
+                entry, standing, _, _ = out[index]
+                out[index] = (entry, standing, a, True)
+                fig.charges["resumed"] += 1
+                break
+    return out
 
 
 def _trials(calls: list[Call], books: Books, billed: Counter[int]) -> dict[str, int]:

@@ -60,6 +60,8 @@ def test_what_the_contract_allows_passes_every_bar() -> None:
         call(k["d"], attempt(11, 404), route="missing"),
         call(k["e"], attempt(12, 409), attempt(13, 200)),
         call(k["f"], attempt(14, 402)),
+        # the answer was lost after the charge; the retry resumed that charge and was served
+        call(k["g"], attempt(15, None), attempt(16, 200)),
     ]
     first_c = entry("debit", 4, f"idem:{k['c']}")
     ledger = books(
@@ -69,10 +71,12 @@ def test_what_the_contract_allows_passes_every_bar() -> None:
         entry("refund", 4.2, f"refund:{first_c.entry_id}", ref=first_c.entry_id),
         entry("debit", 10, f"idem:{k['c']}:2"),
         entry("capture", 13, None),  # a handler-billed call: placed by user and time
+        entry("debit", 15, "c_0123"),  # a charge id the client never saw
     )
     assert failing(calls, ledger) == {}
     figures = reconcile(calls, ledger, [])
     assert figures.charges["lost_in_flight"] == 1
+    assert figures.charges["resumed"] == 1
     assert figures.charges["reversed"] == 1
     assert to_json(figures, [], {"load_started": 0})["ok"] is True
 
