@@ -203,5 +203,8 @@ def _problem_type(content: bytes) -> str | None:
         body = json.loads(content)
     except ValueError:
         return None
-    kind = body.get("type") if isinstance(body, dict) else None
-    return kind.rsplit(":", 1)[-1] if isinstance(kind, str) else None
+    if not isinstance(body, dict) or not isinstance(body.get("type"), str):
+        return None
+    kind = body["type"].rsplit(":", 1)[-1]
+    detail = body.get("detail")
+    return f"{kind}: {str(detail)[:80]}" if detail else kind
