@@ -134,6 +134,8 @@ def reconcile(calls: list[Call], books: Books, faults: list[Fault]) -> Figures:
                 mismatched += 1  # the response named another charge id than the entry has
                 _note(fig, "charge_id_mismatch", f"{attempt.charge_id} vs {entry.key}")
         fig.charges[verdict] += 1
+        if verdict == "lost_in_flight":
+            _note(fig, verdict, f"entry {entry.entry_id} {entry.kind} key={entry.key}")
         if verdict in BAD_CHARGES:
             fig.lost_micros += standing
             _note(fig, verdict, f"entry {entry.entry_id} {entry.kind} key={entry.key}")

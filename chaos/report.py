@@ -90,6 +90,7 @@ def table(result: dict[str, Any]) -> str:
             f" + {sum(ch.get(k, 0) for k in BAD_CHARGES)}",
         ),
         ("debit+refund pairs (not charged)", str(ch.get("reversed", 0))),
+        ("served charges not under the Credit-Charge-Id", str(c["charge_id_mismatches"])),
         (
             "trials: one / none / more",
             "{one_trial} / {no_trial} / {more_than_one}".format(**result["trials"]),
