@@ -4,7 +4,8 @@ Every standing charge (a debit or capture not cancelled by a refund that referen
 placed on the attempt that caused it: its logical call by key (a ``Credit-Charge-Id`` the
 responses named, or an entry key containing the call's ``Idempotency-Key``), else by the user
 (a user has one call in flight at a time); within the call, the last attempt sent before the
-entry was written. Then each attempt's answer says whether the charge was honest.
+entry was written (or, when that attempt's answer was lost, the later attempt of the call that
+was served on that charge). Then each attempt's answer says whether the charge was honest.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def status_class(a: Attempt) -> str:
         return "503" if a.headers.get(contract.RETRY_AFTER.lower()) else "503_no_retry_after"
     if a.status in (402, 404, 405, 409, 422, 429):
         return str(a.status)
+    if a.status < 400:
+        return "3xx"
     return "other_4xx" if a.status < 500 else "other_5xx"
 
 
