@@ -30,8 +30,8 @@ browser:
 	  echo "*** could not install chromium: the dashboard browser test will skip (fail under CI)"
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check credit_middleware tests examples benchmarks
-	$(VENV)/bin/ruff format --check credit_middleware tests examples benchmarks
+	$(VENV)/bin/ruff check credit_middleware tests examples benchmarks chaos
+	$(VENV)/bin/ruff format --check credit_middleware tests examples benchmarks chaos
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

@@ -64,6 +64,9 @@ __all__ = ["FINAL_COST_STATE", "CreditMiddleware"]
 log = logging.getLogger("credit_middleware.middleware")
 T = TypeVar("T")
 TIER_TTL = 60.0
+#: how long a fixed-price request's first attempt keeps its Idempotency-Key before a retry may
+#: take over its charge (a held or handler-billed request: ``hold_timeout``)
+FIXED_LEASE = 30.0
 
 #: ``request.state`` attribute a "hold" route's handler sets to the final price (credits).
 FINAL_COST_STATE = _bill.FINAL_COST_STATE
@@ -177,7 +180,10 @@ class CreditMiddleware:
             raise ConfigurationError("billable_statuses must be HTTP statuses (100-599)")
         self._idempotency_ttl = float(idempotency_ttl)
         # how long an attempt may take before a retry with its key may take over its charge
-        self._idempotency_lease = float(idempotency_lease or max(hold_timeout, 60.0))
+        # (a fixed-price call is quick: a worker that died with it frees its key soon; a held
+        # or handler-billed one, an LLM call, may run as long as its hold)
+        self._lease_fixed = float(idempotency_lease or FIXED_LEASE)
+        self._lease_long = float(idempotency_lease or max(hold_timeout, FIXED_LEASE))
         self._max_stored_body = int(max_stored_body)
         self._max_request_body = int(max_request_body)
         self.outcomes = Outcomes(self.ledger, timeout, self.observer)
@@ -413,7 +419,7 @@ class CreditMiddleware:
                 bill.buffered.fingerprint,
                 owner=cid,
                 charge=spec,
-                lease=self._idempotency_lease,
+                lease=self._lease_fixed if bill.price.mode == "fixed" else self._lease_long,
                 ttl=self._idempotency_ttl,
             )
             start = await self.outcomes.charge(
