@@ -30,6 +30,8 @@ log = logging.getLogger("credit_middleware.provisioning")
 
 Layer = Literal["signup", "request", "litellm", "webhook", "admin", "cli"]
 LATE_GRANT_WINDOW = 60.0
+#: how long this process trusts what it knows of an account (its tier, a denied trial)
+KNOWN_TTL = 60.0
 LAYERS: tuple[str, ...] = ("signup", "request", "litellm", "webhook", "admin", "cli")
 
 
@@ -63,7 +65,8 @@ class Provisioner:
         self.policy = policy or TrialPolicy()
         self.locks: ProvisionLocks = locks or LocalLocks()
         # account -> (tier, why its trial was denied or None): what this process knows settled
-        self._known: OrderedDict[str, tuple[str, str | None]] = OrderedDict()
+        # (kept for KNOWN_TTL seconds: an account's tier can change, by a purchase say)
+        self._known: OrderedDict[str, tuple[str, str | None, float]] = OrderedDict()
         self._known_max = known_cache_size
         # account -> monotonic time of a late grant made here: concurrent requests that were
         # refused a moment before it landed try their charge once more
@@ -71,7 +74,7 @@ class Provisioner:
         self.observer = observer or NULL_OBSERVER
 
     def _remember(self, account_id: str, tier: str, denied: str | None = None) -> None:
-        self._known[account_id] = (tier, denied)
+        self._known[account_id] = (tier, denied, time.monotonic() + KNOWN_TTL)
         self._known.move_to_end(account_id)
         while len(self._known) > self._known_max:
             self._known.popitem(last=False)
@@ -81,6 +84,13 @@ class Provisioner:
         at = self._late.get(account_id)
         return at is not None and time.monotonic() - at < within
 
+    def _settled(self, account_id: str) -> tuple[str, str | None, float] | None:
+        known = self._known.get(account_id)
+        if known is not None and known[2] <= time.monotonic():
+            del self._known[account_id]
+            return None
+        return known
+
     def forget(self, account_id: str) -> None:
         self._known.pop(account_id, None)
 
@@ -89,7 +99,7 @@ class Provisioner:
         denied (e.g. its e-mail is verified now), without I/O: False for an identity the
         policy would not reconsider, or one whose account this process knows is settled."""
         ident = Identity.of(identity)
-        known = self._known.get(ident.account_id)
+        known = self._settled(ident.account_id)
         if known is not None:
             return self.policy.reconsiders(known[1], ident)
         # unknown here: worth one read if any earlier refusal could be cured by this identity
@@ -108,7 +118,7 @@ class Provisioner:
             raise ValueError(f"layer must be one of {LAYERS}, not {layer!r}")
         ident = Identity.of(identity)
         aid = ident.account_id
-        known = self._known.get(aid)
+        known = self._settled(aid)
         if known is not None and not self.policy.reconsiders(known[1], ident):
             return ProvisionResult(aid, layer, False, False, known[0], Decimal(0), reason=known[1])
         try:

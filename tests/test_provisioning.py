@@ -166,3 +166,27 @@ async def test_trial_expiry_uses_the_ledger_clock(ledger: Ledger, clock: Clock) 
     )
     clock.advance(3601)
     assert (await ledger.balance("short")).available == 0
+
+
+async def test_what_a_process_knows_of_an_account_expires(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tier changed elsewhere (a purchase) reaches this process's provisioner within
+    KNOWN_TTL: the LiteLLM integration prices by the tier it reports."""
+    import credit_middleware.provisioning as provisioning
+
+    class Monotonic:
+        now = 1000.0
+
+        def monotonic(self) -> float:
+            return self.now
+
+    clock = Monotonic()
+    monkeypatch.setattr(provisioning, "time", clock)
+    prov = Provisioner(ledger)
+    assert (await prov.ensure_account("t", layer="request")).tier == "trial"
+    await ledger.set_tier("t", "pro", key="upgrade-1", reason="bought")
+    clock.now += provisioning.KNOWN_TTL - 1
+    assert (await prov.ensure_account("t", layer="request")).tier == "trial"  # still trusted
+    clock.now += 2
+    assert (await prov.ensure_account("t", layer="request")).tier == "pro"
