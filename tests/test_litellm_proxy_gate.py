@@ -16,6 +16,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no price-map do
 
 import litellm
 from litellm.caching.dual_cache import DualCache
+from litellm.router import Router
 from litellm.proxy._types import UserAPIKeyAuth
 
 from credit_middleware import Ledger, Provisioner, RedisLocks
@@ -149,7 +150,7 @@ async def test_operators_can_serve_call_types_free(ledger: Ledger) -> None:
 
 
 async def test_an_alias_is_priced_at_its_deployment(ledger: Ledger) -> None:
-    router = litellm.Router(
+    router = Router(
         model_list=[
             {
                 "model_name": "my-assistant",
@@ -170,12 +171,8 @@ async def test_an_alias_is_priced_at_its_deployment(ledger: Ledger) -> None:
     prompt = litellm.token_counter(model="openai/gpt-4o-mini", messages=MESSAGES)
     assert hold.amount_micros == micros_up(Decimal("0.000002") * prompt + Decimal("0.000008") * 50)
     litellm.callbacks = [hook]
-    response = await router.acompletion(
-        model="my-assistant",
-        messages=MESSAGES,
-        max_tokens=50,
-        litellm_call_id=data["litellm_call_id"],
-    )
+    call: dict[str, Any] = {"messages": MESSAGES, "litellm_call_id": data["litellm_call_id"]}
+    response: Any = await router.acompletion(model="my-assistant", max_tokens=50, **call)
     await hook.drain()
     for _ in range(500):
         captures = [e for e in await ledger.history("ann") if e.kind == "capture"]
