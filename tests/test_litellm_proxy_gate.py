@@ -16,8 +16,8 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no price-map do
 
 import litellm
 from litellm.caching.dual_cache import DualCache
-from litellm.router import Router
 from litellm.proxy._types import UserAPIKeyAuth
+from litellm.router import Router
 
 from credit_middleware import Ledger, Provisioner, RedisLocks
 from credit_middleware.integrations.litellm_calls import KINDS
