@@ -21,17 +21,14 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 import uuid
 import warnings
-from collections import OrderedDict
-from collections.abc import AsyncGenerator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any, Literal
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from litellm.integrations.custom_logger import CustomLogger
 from litellm.types.utils import CallTypes
 
 from ..errors import BackendUnavailable, ConfigurationError, CreditError, InsufficientCredits
@@ -40,8 +37,8 @@ from ..ledger import Ledger
 from ..ledger.schema import migrations
 from ..policy import TrialPolicy
 from ..provisioning import Provisioner
-from .litellm_calls import TOKEN_KINDS, Kind, Worst, kind_of, worst_case
-from .litellm_meter import Meter, MeteredCall
+from .litellm_calls import Kind, Worst, kind_of, worst_case
+from .litellm_meter import Meter
 from .litellm_pricing import UnknownModelPrice
 from .litellm_refusals import (
     CreditRefusal,
@@ -52,8 +49,7 @@ from .litellm_refusals import (
     key_owner,
     proxy_router,
 )
-from .litellm_settle import capture_cost
-from .litellm_stream import _Tally
+from .litellm_settle import ProxySettlement
 
 __all__ = ["CreditProxyHook", "CreditRefusal", "end_user", "key_owner"]
 
@@ -73,7 +69,7 @@ def _twins(names: Iterable[str]) -> frozenset[str]:
     return frozenset(out)
 
 
-class CreditProxyHook(CustomLogger):
+class CreditProxyHook(ProxySettlement):
     """Ensure + hold before each proxied call, capture or release after it; refuse the rest.
 
     Options as for :class:`~credit_middleware.integrations.litellm.CreditedLLM`, plus
@@ -107,7 +103,7 @@ class CreditProxyHook(CustomLogger):
         credits_per_usd: Decimal = Decimal(1),
         balance_header: str = "Credit-Balance",
     ) -> None:
-        super().__init__()
+        super().__init__()  # the settlement's state: the open holds by call id
         if unknown_call_types not in ("refuse", "free"):
             raise ConfigurationError("unknown_call_types must be 'refuse' or 'free'")
         if isinstance(free_call_types, str):
@@ -136,8 +132,6 @@ class CreditProxyHook(CustomLogger):
         self._schema_ok = False
         self._owned: tuple[Ledger | None, Any] = (None, None)  # what from_url() built
         self._warned_outside = False
-        # litellm_call_id -> (its open hold, when the ledger will have released it anyway)
-        self._calls: OrderedDict[str, tuple[MeteredCall, float]] = OrderedDict()
 
     @classmethod
     def from_url(
@@ -292,107 +286,6 @@ class CreditProxyHook(CustomLogger):
             )
             log.error(message)
             warnings.warn(message, RuntimeWarning, stacklevel=2)
-
-    # ------------------------------------------------------------------ after the call
-
-    def _remember(self, request_id: str, call: MeteredCall) -> None:
-        now = time.monotonic()
-        while self._calls:  # forget holds never settled here: their timeout released them
-            oldest = next(iter(self._calls.values()))
-            if oldest[1] > now:
-                break
-            self._calls.popitem(last=False)
-        self._calls[request_id] = (call, now + self.meter.hold_timeout)
-
-    def _pop(self, kwargs: Mapping[str, Any]) -> MeteredCall | None:
-        call_id = kwargs.get("litellm_call_id")
-        found = self._calls.pop(call_id, None) if isinstance(call_id, str) else None
-        return found[0] if found is not None else None
-
-    async def async_log_success_event(
-        self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
-    ) -> None:
-        call = self._pop(kwargs)
-        if call is None:
-            return
-        cost, source, prompt, completion = capture_cost(
-            self.meter, call, kwargs, response_obj, token_priced=call.kind in TOKEN_KINDS
-        )
-        try:
-            await self.meter.shielded(
-                self.meter.charge(
-                    call, cost, prompt_tokens=prompt, completion_tokens=completion, source=source
-                )
-            )
-        except Exception:
-            log.exception("capturing proxied call %s failed", call.request_id)
-
-    async def async_log_failure_event(
-        self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
-    ) -> None:
-        await self._release(self._pop(kwargs), "provider_error")
-
-    async def async_post_call_failure_hook(
-        self,
-        request_data: dict[str, Any],
-        original_exception: Exception,
-        user_api_key_dict: Any,
-        traceback_str: str | None = None,
-    ) -> None:
-        # The request failed in the proxy (a later hook refused it, a router error, ...).
-        await self._release(self._pop(request_data), "proxy_error")
-
-    async def _release(self, call: MeteredCall | None, reason: str) -> None:
-        if call is None:
-            return
-        try:
-            await self.meter.shielded(self.meter.release(call, reason))
-        except Exception:
-            log.exception("releasing the hold of proxied call %s failed", call.request_id)
-
-    async def async_post_call_streaming_iterator_hook(
-        self, user_api_key_dict: Any, response: Any, request_data: dict[str, Any]
-    ) -> AsyncGenerator[Any, None]:
-        """Pass a stream through; if it ends early (the client left, the provider broke off),
-        charge what was generated, since no success event will say so."""
-        call_id = request_data.get("litellm_call_id")
-        found = self._calls.get(call_id) if isinstance(call_id, str) else None
-        if found is None:
-            async for item in response:
-                yield item
-            return
-        tally = _Tally(self.meter, found[0])
-        finished = False
-        try:
-            async for item in response:
-                tally.chunks.append(item)
-                yield item
-            finished = True  # the success event captures LiteLLM's own cost
-        finally:
-            if not finished and self._pop(request_data) is not None:
-                await tally.settle("client_closed")
-
-    async def async_post_call_response_headers_hook(
-        self,
-        data: dict[str, Any],
-        user_api_key_dict: Any,
-        response: Any,
-        request_headers: dict[str, str] | None = None,
-        litellm_call_info: dict[str, Any] | None = None,
-    ) -> dict[str, str] | None:
-        """The account's available credits (after this call's hold, before its capture)."""
-        account = None
-        for field in ("metadata", "litellm_metadata"):
-            metadata = data.get(field)
-            if isinstance(metadata, dict) and isinstance(metadata.get("credit_account_id"), str):
-                account = metadata["credit_account_id"]
-        if account is None:
-            return None
-        try:
-            balance = await self.meter.ledger.balance(account)
-        except Exception:
-            return None
-        return {self.balance_header: str(balance.available)}
 
     async def drain(self) -> None:
         """Wait for settlements still running in the background."""
