@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -70,6 +71,8 @@ class Meter(Pricer):
         self.hold_timeout = float(hold_timeout)
         self.credits_per_usd = _positive(credits_per_usd, "credits_per_usd")
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: streams handed out and not yet settled (weakly: a dropped one settles in __del__)
+        self.open_streams: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def credits(self, cost_usd: Decimal, multiplier: Decimal) -> Decimal:
         return cost_usd * self.credits_per_usd * multiplier
