@@ -126,8 +126,7 @@ def test_a_postgresql_ledger_used_from_two_running_loops_is_a_clear_error(pg_url
     async def hold_the_loop() -> None:
         await ledger.migrate()
         started.set()
-        while not stop.is_set():
-            await asyncio.sleep(0.01)
+        await asyncio.to_thread(stop.wait)  # the loop keeps running meanwhile
         await ledger.close()
 
     thread = threading.Thread(target=loop.run_until_complete, args=(hold_the_loop(),))
