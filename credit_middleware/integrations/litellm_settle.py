@@ -1,9 +1,10 @@
-"""What a finished proxied call costs: LiteLLM's own ``response_cost``, re-priced when missing.
+"""The proxy hook's after-the-call half, and what a finished proxied call costs.
 
 LiteLLM reports the cost of every call it prices in the success event's ``response_cost``
 (for the deployment that served it, custom prices included). When it reports nothing or zero,
 a token-priced call is re-priced from its token counts, and any other call (an image, audio)
 is charged its hold's estimate: a call that cost something is never billed zero.
+:class:`ProxySettlement` captures, releases, and charges streams that end early.
 """
 
 from __future__ import annotations
