@@ -18,6 +18,7 @@ import litellm
 from litellm.caching.dual_cache import DualCache
 from litellm.proxy._types import UserAPIKeyAuth
 from litellm.router import Router
+from litellm.types.utils import CallTypes
 
 from credit_middleware import Ledger, Provisioner, RedisLocks
 from credit_middleware.integrations.litellm_calls import KINDS
@@ -257,3 +258,12 @@ async def test_outside_the_proxy_it_warns_instead_of_billing_nothing(ledger: Led
             model="gpt-4o-mini", messages=MESSAGES, mock_response="hi", callbacks=[hook]
         )
     assert await ledger.get_account("ann") is None
+
+
+async def test_call_types_given_as_litellms_enum_are_gated_the_same(ledger: Ledger) -> None:
+    hook = CreditProxyHook(Provisioner(ledger))
+    await pre(hook, CallTypes.aresponses, body("gpt-4o-mini", input="Hello"))
+    [hold] = [e for e in await ledger.history("ann") if e.kind == "hold"]
+    assert hold.metadata["kind"] == "responses"
+    with pytest.raises(CreditRefusal):
+        await pre(hook, CallTypes.acreate_batch, body("gpt-4o-mini"))

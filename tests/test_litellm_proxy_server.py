@@ -368,6 +368,7 @@ async def _drive(proxy: str, pg_url: str, clients: contextlib.AsyncExitStack) ->
     async with Ledger(pg_url) as ledger:
         captured = await _settled(ledger, "ann", set(expected))
         billed = {call_id: captured[call_id].amount_micros for call_id in expected}
+        print(f"billed µc {sorted(billed.values())} vs completion_cost {sorted(expected.values())}")
         assert billed == expected
         assert all(m > 0 for m in billed.values())
         releases = [e for e in await ledger.history("ann", limit=1000) if e.kind == "release"]

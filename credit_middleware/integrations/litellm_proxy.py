@@ -215,7 +215,7 @@ class CreditProxyHook(ProxySettlement):
     async def async_pre_call_hook(
         self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: str
     ) -> dict[str, Any] | None:
-        kind = self._gate(str(call_type))
+        kind = self._gate(str(getattr(call_type, "value", call_type)))  # a CallTypes or a str
         if kind is None:
             return data
         await self._ensure_schema()
