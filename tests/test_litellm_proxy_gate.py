@@ -267,3 +267,15 @@ async def test_call_types_given_as_litellms_enum_are_gated_the_same(ledger: Ledg
     assert hold.metadata["kind"] == "responses"
     with pytest.raises(CreditRefusal):
         await pre(hook, CallTypes.acreate_batch, body("gpt-4o-mini"))
+
+
+def test_a_subclass_keeps_every_hook_where_the_proxy_looks() -> None:
+    """LiteLLM's proxy looks hooks up in the callback's own class ``__dict__``: an inherited
+    pre-call hook would be skipped, and calls served unbilled."""
+
+    class Mine(CreditProxyHook):
+        pass
+
+    for hook in ("async_pre_call_hook", "async_post_call_streaming_iterator_hook"):
+        assert hook in CreditProxyHook.__dict__ and hook in Mine.__dict__
+    assert "async_post_call_response_headers_hook" in Mine.__dict__

@@ -104,7 +104,10 @@ import os
 from litellm.proxy._types import UserAPIKeyAuth
 from credit_middleware.integrations.litellm_proxy import CreditProxyHook
 
-credits = CreditProxyHook.from_url(
+class Credits(CreditProxyHook):  # a subclass: the proxy must still find every hook
+    pass
+
+credits = Credits.from_url(
     os.environ["CM_LEDGER_URL"],
     redis_url=os.environ["CM_REDIS_URL"],
     key_prefix=os.environ["CM_KEY_PREFIX"],

@@ -27,6 +27,17 @@ __all__ = ["ProxySettlement", "capture_cost"]
 
 log = logging.getLogger("credit_middleware.litellm")
 
+#: Hooks LiteLLM's proxy looks up in a callback's own class only.
+_PROXY_HOOKS = (
+    "async_pre_call_hook",
+    "async_post_call_response_headers_hook",
+    "async_post_call_streaming_iterator_hook",
+    "async_post_call_failure_hook",
+    "async_log_success_event",
+    "async_log_failure_event",
+    "log_pre_api_call",
+)
+
 
 def _usage(response: Any, *names: str) -> int:
     usage = getattr(response, "usage", None)
@@ -83,6 +94,15 @@ class ProxySettlement(CustomLogger):
 
     meter: Meter
     balance_header: str
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # The proxy decides which hooks a callback has from its own class's __dict__, not
+        # its bases': an inherited hook is silently skipped (a subclass of the hook would
+        # serve calls unbilled). So every subclass gets them in its own __dict__.
+        super().__init_subclass__(**kwargs)
+        for name in _PROXY_HOOKS:
+            if name not in cls.__dict__ and hasattr(cls, name):
+                setattr(cls, name, getattr(cls, name))
 
     def __init__(self) -> None:
         super().__init__()
@@ -184,6 +204,7 @@ class ProxySettlement(CustomLogger):
             return None
         try:
             balance = await self.meter.ledger.balance(account)
-        except Exception:
+        except Exception:  # a header is not worth failing the answer for
+            log.warning("no balance header for %s", account, exc_info=True)
             return None
         return {self.balance_header: str(balance.available)}
