@@ -46,7 +46,7 @@ from credit_middleware.middleware import CreditMiddleware
 from credit_middleware.pricing import Pricing
 from credit_middleware.pricing import Route as Priced
 from credit_middleware.signup import provision_credits
-from examples.chat import chat_route
+from examples.chat import chat_route, warm_up
 
 log = logging.getLogger("examples.app")
 
@@ -182,6 +182,7 @@ def create_app(**overrides: Any) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await services.ready()
+        await warm_up(app)  # LiteLLM imported now, in a thread, not by the first chat request
         yield
         await services.close()
 

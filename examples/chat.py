@@ -5,14 +5,24 @@ Each call is metered through :class:`~credit_middleware.integrations.litellm.Cre
 middleware must treat this path as billed by the handler (``Route(path, mode="handler")``). It
 answers from LiteLLM's ``mock_response`` by default, so it runs without a provider key; pass
 ``mock_response=None`` to call the real provider. The caller is the identity the middleware
-put in ``request.state.credit_identity``.
+put in ``request.state.credit_identity``; the hold's idempotency key is the request's charge id
+(``request.state.credit_charge_id``), so a retried attempt never holds twice.
+
+Importing and initialising LiteLLM takes seconds of CPU: ``await warm_up(app)`` in the app's
+lifespan starts it at startup, off the event loop (in a thread), so no request waits behind it
+but a chat request arriving before it is ready; without it the first chat request starts it,
+still off the loop.
 
     routes.append(chat_route(services.provisioner))
+    ...
+    await warm_up(app)  # in the lifespan
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 from starlette.requests import Request
@@ -23,7 +33,9 @@ from credit_middleware import Identity, InsufficientCredits, Provisioner
 from credit_middleware.errors import ConfigurationError
 from credit_middleware.problems import ProblemResponse, problem
 
-__all__ = ["DEFAULT_MOCK", "chat_route"]
+__all__ = ["DEFAULT_MOCK", "ChatEndpoint", "chat_route", "warm_up"]
+
+log = logging.getLogger("examples.chat")
 
 DEFAULT_MOCK = "Hello from credit-middleware! This answer was mocked, and metered to the µc."
 #: The request fields passed on to LiteLLM; anything else in the body is ignored.
@@ -50,7 +62,8 @@ def _provider_error(status: int, detail: str) -> ProblemResponse:
 
 
 class ChatEndpoint:
-    """The endpoint; its ``CreditedLLM`` (and LiteLLM) is built on the first request."""
+    """The endpoint; its ``CreditedLLM`` (and LiteLLM) is built at ``startup()``, in a thread,
+    or else on the first request (in a thread too)."""
 
     def __init__(
         self,
@@ -65,13 +78,39 @@ class ChatEndpoint:
         self.mock_response = mock_response
         self.llm_options = llm_options or {}
         self._llm: Any = None
+        self._building: asyncio.Future[Any] | None = None
 
-    def llm(self) -> Any:
+    def _build(self) -> Any:
+        from credit_middleware.integrations.litellm import CreditedLLM  # imports LiteLLM
+
+        return CreditedLLM(self.provisioner, **self.llm_options)
+
+    def _start_building(self) -> asyncio.Future[Any]:
+        if self._building is None:
+            self._building = asyncio.ensure_future(asyncio.to_thread(self._build))
+            self._building.add_done_callback(_report)
+        return self._building
+
+    async def llm(self) -> Any:
+        """The wrapper, built once, in a worker thread: importing LiteLLM on the event loop
+        would stall every request of this worker for seconds."""
         if self._llm is None:
-            from credit_middleware.integrations.litellm import CreditedLLM
-
-            self._llm = CreditedLLM(self.provisioner, **self.llm_options)
+            self._start_building()
+            assert self._building is not None
+            try:
+                self._llm = await asyncio.shield(self._building)
+            except ConfigurationError:
+                self._building = None  # e.g. LiteLLM not installed: say so on every call
+                raise
         return self._llm
+
+    async def startup(self, *, wait: bool = False) -> None:
+        """Start importing and initialising LiteLLM (in a thread) before the first request
+        needs it; with ``wait``, until it is done. An app without LiteLLM still starts (its
+        chat route answers 501)."""
+        building = self._start_building()
+        if wait:
+            await asyncio.wait([building])
 
     async def handle(self, request: Request) -> Response:
         identity = getattr(request.state, "credit_identity", None)
@@ -84,10 +123,12 @@ class ChatEndpoint:
         if isinstance(kwargs, Response):
             return kwargs
         try:
-            llm = self.llm()
+            llm = await self.llm()
         except ConfigurationError as exc:
             return _provider_error(501, str(exc))
-        return await self._answer(llm, identity, kwargs)
+        charge_id = getattr(request.state, "credit_charge_id", None)
+        key = charge_id if isinstance(charge_id, str) and charge_id else None
+        return await self._answer(llm, identity, kwargs, key)
 
     async def _kwargs(self, request: Request) -> dict[str, Any] | Response:
         try:
@@ -118,11 +159,13 @@ class ChatEndpoint:
             kwargs["mock_response"] = self.mock_response
         return kwargs
 
-    async def _answer(self, llm: Any, identity: Identity, kwargs: dict[str, Any]) -> Response:
+    async def _answer(
+        self, llm: Any, identity: Identity, kwargs: dict[str, Any], key: str | None
+    ) -> Response:
         from credit_middleware.integrations.litellm import UnknownModelPrice
 
         try:
-            result = await llm.acompletion(identity, **kwargs)
+            result = await llm.acompletion(identity, key=key, **kwargs)
         except InsufficientCredits as exc:
             return problem(
                 "insufficient-credits",
@@ -161,6 +204,21 @@ async def _sse(stream: Any) -> AsyncIterator[str]:
         yield "data: [DONE]\n\n"
     finally:
         await stream.aclose()
+
+
+def _report(building: asyncio.Future[Any]) -> None:
+    if not building.cancelled() and building.exception() is not None:
+        log.warning("chat endpoint unavailable: %s", building.exception())
+
+
+async def warm_up(app: Any, *, wait: bool = False, routes: Iterable[Any] | None = None) -> None:
+    """Start every chat endpoint among ``app``'s routes: LiteLLM is imported in a thread
+    while the app starts serving (``wait=True`` waits for it); a chat request arriving
+    before it is ready waits for it, nothing else does."""
+    for route in app.routes if routes is None else routes:
+        endpoint = getattr(getattr(route, "endpoint", None), "__self__", None)
+        if isinstance(endpoint, ChatEndpoint):
+            await endpoint.startup(wait=wait)
 
 
 def chat_route(

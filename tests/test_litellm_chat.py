@@ -145,3 +145,55 @@ async def test_the_example_app_bills_chat_by_llm_cost(sqlite_url: str) -> None:
         assert capture.layer == "litellm" and capture.amount_micros > 0
         assert await entries(ledger, user, "debit") == []  # not the fixed 0.001 a call
         assert (await ledger.verify()).ok
+
+
+def _with_charge_id(app: Any, charge_id: str) -> Any:
+    """Stands in for the middleware's per-attempt charge id, as the chat handler reads it."""
+
+    async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            scope.setdefault("state", {})["credit_charge_id"] = charge_id
+        await app(scope, receive, send)
+
+    return wrapped
+
+
+async def test_the_hold_is_keyed_by_the_requests_charge_id(ledger: Ledger) -> None:
+    provisioner = Provisioner(ledger)
+    app = Starlette(routes=[chat_route(provisioner)])
+    app.add_middleware(_with_charge_id, charge_id="charge-abc")  # inner: after the door
+    app.add_middleware(
+        CreditMiddleware,
+        provisioner=provisioner,
+        jwt_secret=SECRET,
+        pricing=Pricing(routes=[Route("/v1/chat/completions", mode="handler")]),
+    )
+    async with client(app) as http:
+        r = await http.post("/v1/chat/completions", json=BODY, headers=auth("keyed"))
+    assert r.status_code == 200, r.text
+    [hold] = await entries(ledger, "keyed", "hold")
+    assert hold.key == "litellm:charge-abc"
+
+
+async def test_warm_up_builds_litellm_off_the_event_loop(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from examples.chat import ChatEndpoint, warm_up
+
+    threads: list[str] = []
+    real = ChatEndpoint._build
+
+    def spy(self: ChatEndpoint) -> Any:
+        threads.append(threading.current_thread().name)
+        return real(self)
+
+    monkeypatch.setattr(ChatEndpoint, "_build", spy)
+    app = app_for(ledger)
+    await warm_up(app, wait=True)
+    assert len(threads) == 1 and threads[0] != threading.main_thread().name
+    async with client(app) as http:  # the first request finds LiteLLM ready
+        r = await http.post("/v1/chat/completions", json=BODY, headers=auth("warm"))
+    assert r.status_code == 200, r.text
+    assert len(threads) == 1

@@ -5,13 +5,16 @@ an account (``ensure_account(layer="litellm")``), holds the worst-case cost of t
 tokens plus ``max_tokens`` at LiteLLM's own prices) and refuses with ``InsufficientCredits``
 before any provider call when the balance can't cover it; after the call it captures the actual
 cost, or releases the hold on error, timeout or cancellation. Streams are passed through chunk
-by chunk (:class:`CreditedStream`) and billed for what they produced.
+by chunk (:class:`CreditedStream`) and billed for what they produced, however they end: read
+to the end, closed early, dropped (settled when collected) or still open at ``aclose()``.
+``completion()``/``embedding()`` are the synchronous twins (see ``litellm_sync``).
 
 LiteLLM is an optional extra and is imported only when a ``CreditedLLM`` is built.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Mapping
@@ -20,13 +23,14 @@ from typing import Any
 
 from ..identity import Identity
 from ..ledger import Receipt
-from ..money import cost_to_micros, from_micros
+from ..money import check_key, cost_to_micros, from_micros
 from ..provisioning import Provisioner
 from .litellm_meter import Meter, MeteredCall
 from .litellm_pricing import UnknownModelPrice
 from .litellm_stream import CreditedStream
+from .litellm_sync import Portal, SyncCreditedStream
 
-__all__ = ["CreditedLLM", "CreditedStream", "UnknownModelPrice"]
+__all__ = ["CreditedLLM", "CreditedStream", "SyncCreditedStream", "UnknownModelPrice"]
 
 log = logging.getLogger("credit_middleware.litellm")
 
@@ -65,6 +69,7 @@ class CreditedLLM:
             credits_per_usd=credits_per_usd,
         )
         self._lm = self.meter.litellm
+        self._portal = Portal()
 
     # ------------------------------------------------------------------ public
 
@@ -81,13 +86,17 @@ class CreditedLLM:
         micros, _ = cost_to_micros(self.meter.credits(cost, multiplier))
         return from_micros(max(micros, 1))
 
-    async def acompletion(self, who: Identity | str, **kwargs: Any) -> Any:
+    async def acompletion(
+        self, who: Identity | str, *, key: str | None = None, **kwargs: Any
+    ) -> Any:
         """``litellm.acompletion(**kwargs)`` paid by ``who``.
 
         Returns LiteLLM's response, with the capture's :class:`Receipt` in
         ``response._hidden_params["credit_receipt"]``; or, with ``stream=True``, a
         :class:`CreditedStream`. Raises ``InsufficientCredits`` / ``UnknownModelPrice`` before
-        any provider call, and LiteLLM's own errors (after releasing the hold).
+        any provider call, and LiteLLM's own errors (after releasing the hold). ``key`` (the
+        request's charge id, say) makes the hold idempotent: a retry with the same key holds
+        nothing more.
         """
         model = _model(kwargs)
         kwargs["litellm_call_id"] = request_id = _request_id(kwargs)
@@ -101,15 +110,19 @@ class CreditedLLM:
             max_tokens=self.meter.max_tokens(kwargs),
             request_id=request_id,
             pricing=_pricing(kwargs),
+            key=_hold_key(key),
         )
         response = await self._call(call, self._lm.acompletion, kwargs)
         if stream:
             return CreditedStream(self.meter, call, response)
         return await self._settle(call, response)
 
-    async def aembedding(self, who: Identity | str, **kwargs: Any) -> Any:
+    async def aembedding(
+        self, who: Identity | str, *, key: str | None = None, **kwargs: Any
+    ) -> Any:
         """``litellm.aembedding(**kwargs)`` paid by ``who``: the input tokens are held, then
-        the actual cost captured (receipt in ``response._hidden_params["credit_receipt"]``)."""
+        the actual cost captured (receipt in ``response._hidden_params["credit_receipt"]``);
+        ``key`` as for :meth:`acompletion`."""
         model = _model(kwargs)
         kwargs["litellm_call_id"] = request_id = _request_id(kwargs)
         call = await self.meter.begin(
@@ -119,13 +132,54 @@ class CreditedLLM:
             max_tokens=0,
             request_id=request_id,
             pricing=_pricing(kwargs),
+            key=_hold_key(key),
         )
         response = await self._call(call, self._lm.aembedding, kwargs)
         return await self._settle(call, response)
 
+    def completion(self, who: Identity | str, **kwargs: Any) -> Any:
+        """:meth:`acompletion` for synchronous code (a :class:`SyncCreditedStream` with
+        ``stream=True``), run on this wrapper's own event loop; refused inside a running loop.
+        """
+        result = self._portal.run(self.acompletion(who, **kwargs))
+        if isinstance(result, CreditedStream):
+            return SyncCreditedStream(self._portal, result)
+        return result
+
+    def embedding(self, who: Identity | str, **kwargs: Any) -> Any:
+        """:meth:`aembedding` for synchronous code (see :meth:`completion`)."""
+        return self._portal.run(self.aembedding(who, **kwargs))
+
+    def close(self) -> None:
+        """End the synchronous API: settle what is open, close the ledger's connections made
+        on its loop (the ledger stays usable: it reconnects on next use) and stop the loop."""
+        if self._portal.started:
+            self._portal.run(self._shutdown(close_ledger=True))
+            self._portal.stop()
+
     async def drain(self) -> None:
         """Wait for settlements still running in the background (e.g. abandoned streams)."""
         await self.meter.drain()
+
+    async def aclose(self) -> None:
+        """At shutdown: settle every stream still open (with a warning: it should have been
+        closed), then wait for the settlements; call it from the app's lifespan."""
+        await self._shutdown(close_ledger=False)
+
+    async def _shutdown(self, *, close_ledger: bool) -> None:
+        loop = asyncio.get_running_loop()
+        for stream in list(self.meter.open_streams):
+            if stream.settled or stream._loop is not loop:
+                continue
+            log.warning(
+                "LLM stream %s still open at shutdown: charging what it generated",
+                stream.request_id,
+            )
+            await stream.aclose(outcome="abandoned")
+        await self.meter.drain()
+        if close_ledger:
+            await self.meter.ledger.close()
+            self.meter.ledger.reopen()
 
     # ------------------------------------------------------------------ internals
 
@@ -188,6 +242,11 @@ def _model(kwargs: Mapping[str, Any]) -> str:
 
 def _pricing(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: kwargs[k] for k in _PRICING_KEYS if kwargs.get(k) is not None}
+
+
+def _hold_key(key: str | None) -> str | None:
+    """The hold's idempotency key, in a namespace of its own (``litellm:<key>``)."""
+    return None if key is None else check_key(f"litellm:{key}")
 
 
 def _request_id(kwargs: Mapping[str, Any]) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -40,6 +41,7 @@ class MeteredCall:
     prompt_tokens: int
     estimate_usd: Decimal
     pricing: Mapping[str, Any]
+    kind: str = "chat"
 
 
 class Meter(Pricer):
@@ -69,6 +71,8 @@ class Meter(Pricer):
         self.hold_timeout = float(hold_timeout)
         self.credits_per_usd = _positive(credits_per_usd, "credits_per_usd")
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: streams handed out and not yet settled (weakly: a dropped one settles in __del__)
+        self.open_streams: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def credits(self, cost_usd: Decimal, multiplier: Decimal) -> Decimal:
         return cost_usd * self.credits_per_usd * multiplier
@@ -84,25 +88,31 @@ class Meter(Pricer):
         max_tokens: int | None,
         request_id: str,
         pricing: Mapping[str, Any],
+        key: str | None = None,
+        estimate: tuple[Decimal, str] | None = None,
+        kind: str = "chat",
     ) -> MeteredCall:
-        """Price the worst case, make sure the account exists, hold the estimate.
+        """Price the worst case (or take ``estimate``, USD and its source, priced by the
+        caller), make sure the account exists, hold it; ``key`` makes the hold idempotent.
 
         Raises ``UnknownModelPrice`` or ``InsufficientCredits`` before any provider call.
         """
         out_tokens = max_tokens if max_tokens is not None else self.default_max_tokens
-        estimate, source = self.price(model, prompt_tokens, out_tokens, pricing)
+        priced = estimate or self.price(model, prompt_tokens, out_tokens, pricing)
+        estimate_usd, source = priced
         result = await self.provisioner.ensure_account(who, layer="litellm")
         multiplier = self.multipliers.get(result.tier, Decimal(1))
-        amount = max(self.credits(estimate, multiplier), _ONE_MICRO)
+        amount = max(self.credits(estimate_usd, multiplier), _ONE_MICRO)
         meta = {
             "request_id": request_id,
             "prompt_tokens": prompt_tokens,
             "max_tokens": out_tokens,
-            "estimate_usd": str(estimate),
+            "estimate_usd": str(estimate_usd),
             "price_source": source,
+            "kind": kind,
         }
         try:
-            receipt = await self._shielded_hold(result.account_id, amount, model, meta)
+            receipt = await self._shielded_hold(result.account_id, amount, model, meta, key)
         except InsufficientCredits:
             self.provisioner.observer.ledger_op("hold", "insufficient")
             raise
@@ -116,18 +126,25 @@ class Meter(Pricer):
             request_id,
             multiplier,
             prompt_tokens,
-            estimate,
+            estimate_usd,
             dict(pricing),
+            kind,
         )
 
     async def _shielded_hold(
-        self, account_id: str, amount: Decimal, model: str, meta: dict[str, Any]
+        self,
+        account_id: str,
+        amount: Decimal,
+        model: str,
+        meta: dict[str, Any],
+        key: str | None = None,
     ) -> Receipt:
         task = self.spawn(
             self.ledger.hold(
                 account_id,
                 amount,
                 timeout=self.hold_timeout,
+                key=key,
                 round_up=True,
                 layer="litellm",
                 model=model[:255],

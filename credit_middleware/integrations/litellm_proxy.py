@@ -3,83 +3,84 @@
 In the proxy's ``config.yaml``::
 
     litellm_settings:
-      callbacks: my_hooks.credits     # my_hooks.py: credits = CreditProxyHook.from_url(...)
+      callbacks: credit_hooks.credits   # credits = CreditProxyHook.from_url(...)
 
-Before the call (``async_pre_call_hook``) the caller's account is ensured (the failsafe layer)
-and the worst-case cost held; a caller who can't cover it gets a 402 before any provider call.
-After it, ``async_log_success_event`` captures LiteLLM's ``response_cost`` (re-priced from the
-tokens when a stream reports zero) and ``async_log_failure_event`` releases the hold; a stream
-that ends early is charged for what it generated (``async_post_call_streaming_iterator_hook``).
-A hold the proxy never settles (a crash) is released by its timeout.
-Importing this module imports LiteLLM (install ``credit-middleware[litellm]`` and the proxy).
+Deny by default: before each call (``async_pre_call_hook``) the call type must be one this
+hook meters (chat, text, embeddings, responses, Anthropic messages, images, transcription,
+speech, rerank, moderation) or one the operator listed in ``free_call_types``; anything else,
+a type LiteLLM adds later included, is refused. A metered call's worst case is priced from
+LiteLLM's price data for the deployment the router will call (aliases resolved, custom prices
+honoured) and held; a caller who can't cover it gets a 402 before any provider call. After it,
+``async_log_success_event`` captures LiteLLM's ``response_cost`` and ``async_log_failure_event``
+releases the hold; a stream that ends early is charged for what it generated. A hold the proxy
+never settles (a crash) is released by its timeout. Ledger faults answer 503 with
+``Retry-After``, never a 500.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import time
 import uuid
-from collections import OrderedDict
-from collections.abc import AsyncGenerator, Callable, Mapping
+import warnings
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from fastapi import HTTPException
-from litellm.integrations.custom_logger import CustomLogger
+from litellm.types.utils import CallTypes
 
-from ..errors import CreditError, InsufficientCredits
+from ..errors import BackendUnavailable, ConfigurationError, CreditError, InsufficientCredits
 from ..identity import Identity
 from ..ledger import Ledger
+from ..ledger.schema import migrations
 from ..policy import TrialPolicy
 from ..provisioning import Provisioner
-from .litellm_meter import Meter, MeteredCall
+from .litellm_calls import Kind, Worst, kind_of, worst_case
+from .litellm_meter import Meter
 from .litellm_pricing import UnknownModelPrice
-from .litellm_stream import _Tally
+from .litellm_refusals import (
+    CreditRefusal,
+    Identify,
+    deployments,
+    end_user,
+    in_proxy,
+    key_owner,
+    proxy_router,
+)
+from .litellm_settle import ProxySettlement
 
-__all__ = ["CreditProxyHook", "end_user", "key_owner"]
+__all__ = ["CreditProxyHook", "CreditRefusal", "end_user", "key_owner"]
 
 log = logging.getLogger("credit_middleware.litellm")
 
-#: Who pays for a proxied call: an identity (or account id), or None when nobody can be named.
-Identify = Callable[[Any, Mapping[str, Any]], "Identity | str | None"]
-
-_CHAT = frozenset({"completion", "acompletion", "text_completion", "atext_completion"})
-_EMBED = frozenset({"embedding", "aembedding", "embeddings"})
+_KNOWN_CALL_TYPES = frozenset(c.value for c in CallTypes)
 
 
-def key_owner(user_api_key_dict: Any, data: Mapping[str, Any]) -> Identity | None:
-    """The default payer: the user who owns the proxy key. The request's ``user`` field is
-    chosen by the caller, so it never decides who pays unless you pass :func:`end_user`."""
-    user_id = getattr(user_api_key_dict, "user_id", None)
-    if not isinstance(user_id, str) or not user_id:
-        return None
-    email = getattr(user_api_key_dict, "user_email", None)
-    return Identity(user_id, email=email if isinstance(email, str) else None, source="litellm")
+def _twins(names: Iterable[str]) -> frozenset[str]:
+    """Each call type with its sync/async twin (``image_generation``/``aimage_generation``):
+    the proxy names some calls one way before the call and the other way after it."""
+    out: set[str] = set()
+    for name in names:
+        out |= {name, "a" + name}
+        if name.startswith("a"):
+            out.add(name[1:])
+    return frozenset(out)
 
 
-def end_user(user_api_key_dict: Any, data: Mapping[str, Any]) -> Identity | None:
-    """Bill the request's end user (``user`` in the body), then the key's owner: for platforms
-    whose keys are their own backends, passing their users' ids."""
-    who = data.get("user") or getattr(user_api_key_dict, "end_user_id", None)
-    if isinstance(who, str) and who:
-        return Identity(who, source="litellm")
-    return key_owner(user_api_key_dict, data)
-
-
-def _refuse(status: int, kind: str, message: str, **extra: Any) -> HTTPException:
-    return HTTPException(
-        status_code=status, detail={"error": {"message": message, "type": kind, **extra}}
-    )
-
-
-class CreditProxyHook(CustomLogger):
-    """Ensure + hold before each proxied call, capture or release after it.
+class CreditProxyHook(ProxySettlement):
+    """Ensure + hold before each proxied call, capture or release after it; refuse the rest.
 
     Options as for :class:`~credit_middleware.integrations.litellm.CreditedLLM`, plus
-    ``identify(user_api_key_dict, data)`` choosing the payer (default :func:`key_owner`) and
+    ``identify(user_api_key_dict, data)`` choosing the payer (default :func:`key_owner`);
+    ``router``, the ``litellm.Router`` whose deployments price aliases (default: the proxy's);
+    ``unowned_account``, the account billed for keys that name no user (master key included),
+    which are refused with 401 without it; ``free_call_types``, call types served without
+    billing (e.g. ``{"afile_list"}``); ``unknown_call_types`` (``"refuse"``, or ``"free"`` to
+    serve call types this library does not know unbilled); ``max_audio_seconds``, the audio
+    length a transcription or speech hold covers; ``auto_migrate`` (create the ledger's schema
+    on first use instead of refusing with 503); ``retry_after`` (seconds, on a 503) and
     ``balance_header`` (the remaining-credit response header).
     """
 
@@ -88,6 +89,13 @@ class CreditProxyHook(CustomLogger):
         provisioner: Provisioner,
         *,
         identify: Identify = key_owner,
+        router: Any = None,
+        unowned_account: str | None = None,
+        free_call_types: Iterable[str] = (),
+        unknown_call_types: Literal["refuse", "free"] = "refuse",
+        max_audio_seconds: int = 3600,
+        auto_migrate: bool = False,
+        retry_after: int = 5,
         price_multipliers: Mapping[str, Decimal] | None = None,
         default_max_tokens: int = 4096,
         hold_timeout: float = 600.0,
@@ -95,7 +103,15 @@ class CreditProxyHook(CustomLogger):
         credits_per_usd: Decimal = Decimal(1),
         balance_header: str = "Credit-Balance",
     ) -> None:
-        super().__init__()
+        super().__init__()  # the settlement's state: the open holds by call id
+        if unknown_call_types not in ("refuse", "free"):
+            raise ConfigurationError("unknown_call_types must be 'refuse' or 'free'")
+        if isinstance(free_call_types, str):
+            raise ConfigurationError("free_call_types must be a collection of call types")
+        if not isinstance(max_audio_seconds, int) or not 0 < max_audio_seconds <= 86400:
+            raise ConfigurationError("max_audio_seconds must be an int between 1 and 86400")
+        if not isinstance(retry_after, int) or not 0 < retry_after <= 3600:
+            raise ConfigurationError("retry_after must be an int between 1 and 3600 seconds")
         self.meter = Meter(
             provisioner,
             price_multipliers=price_multipliers,
@@ -105,185 +121,183 @@ class CreditProxyHook(CustomLogger):
             credits_per_usd=credits_per_usd,
         )
         self.identify = identify
+        self.router = router
+        self.unowned_account = unowned_account
+        self.free_call_types = _twins(free_call_types)
+        self.unknown_call_types = unknown_call_types
+        self.max_audio_seconds = max_audio_seconds
+        self.auto_migrate = auto_migrate
+        self.retry_after = retry_after
         self.balance_header = balance_header
-        # litellm_call_id -> (its open hold, when the ledger will have released it anyway)
-        self._calls: OrderedDict[str, tuple[MeteredCall, float]] = OrderedDict()
+        self._schema_ok = False
+        self._owned: tuple[Ledger | None, Any] = (None, None)  # what from_url() built
+        self._warned_outside = False
 
     @classmethod
     def from_url(
-        cls, database_url: str, *, policy: TrialPolicy | None = None, **options: Any
+        cls,
+        database_url: str,
+        *,
+        redis_url: str | None = None,
+        key_prefix: str = "credit:",
+        policy: TrialPolicy | None = None,
+        **options: Any,
     ) -> CreditProxyHook:
-        """A hook on its own ledger (run ``credit-middleware migrate`` first)."""
-        return cls(Provisioner(Ledger(database_url), policy), **options)
+        """A hook on its own ledger; with ``redis_url``, first calls of a new user from many
+        proxy workers provision under one Redis lock (as the middleware's ``redis_url``)."""
+        from ..locks import RedisLocks
+
+        locks, client = None, None
+        if redis_url:
+            from .._redis import redis_from_url
+
+            client = redis_from_url(redis_url)
+            locks = RedisLocks(client, prefix=key_prefix + "lock:")
+        hook = cls(Provisioner(Ledger(database_url), policy, locks=locks), **options)
+        hook._owned = (hook.meter.ledger, client)
+        return hook
 
     # ------------------------------------------------------------------ before the call
+
+    def _unavailable(self, message: str) -> CreditRefusal:
+        headers = {"Retry-After": str(self.retry_after)}
+        return CreditRefusal(503, "credits_unavailable", message, headers=headers)
+
+    def _gate(self, call_type: str) -> Kind | None:
+        """The kind to meter, None to serve free; raises for a call type nobody allowed."""
+        if call_type in self.free_call_types:
+            return None
+        kind = kind_of(call_type)
+        if kind is not None:
+            return kind
+        if call_type not in _KNOWN_CALL_TYPES and self.unknown_call_types == "free":
+            return None
+        raise CreditRefusal(
+            400,
+            "call_type_not_billable",
+            f"{call_type!r} calls are not billed by this proxy's credit hook, so they are"
+            " refused; the operator can list them in free_call_types to serve them free",
+        )
+
+    async def _ensure_schema(self) -> None:
+        if self._schema_ok:
+            return
+        ledger = self.meter.ledger
+        dialect: Literal["postgresql", "sqlite"] = (
+            "postgresql" if ledger.dialect == "postgresql" else "sqlite"
+        )
+        latest = max(v for v, _, _ in migrations(dialect))
+        try:
+            if await ledger.schema_version() < latest:
+                if not self.auto_migrate:
+                    log.error("the credit ledger is not migrated: run `credit-middleware migrate`")
+                    raise self._unavailable(
+                        "the credit ledger is not set up (its schema is missing or old);"
+                        " the operator must run `credit-middleware migrate`"
+                    )
+                await ledger.migrate()
+        except BackendUnavailable as exc:
+            raise self._unavailable(f"credit ledger unavailable: {exc.detail}") from None
+        self._schema_ok = True
+
+    def _price(self, kind: Kind, model: str, data: Mapping[str, Any]) -> tuple[Worst, str, Any]:
+        """The worst case over the deployments the router may pick for ``model``."""
+        worst: tuple[Worst, str, Any] | None = None
+        for name, pricing in deployments(self.router or proxy_router(), model):
+            w = worst_case(
+                self.meter, kind, name, data, pricing, max_audio_seconds=self.max_audio_seconds
+            )
+            if worst is None or w.usd > worst[0].usd:
+                worst = (w, name, pricing)
+        assert worst is not None
+        return worst
 
     async def async_pre_call_hook(
         self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: str
     ) -> dict[str, Any] | None:
-        if call_type not in _CHAT and call_type not in _EMBED:
-            return data  # images, audio, ...: not metered by this hook
+        kind = self._gate(str(getattr(call_type, "value", call_type)))  # a CallTypes or a str
+        if kind is None:
+            return data
+        await self._ensure_schema()
         try:
             who = self.identify(user_api_key_dict, data)
         except CreditError as exc:
-            raise _refuse(400, "invalid_account", str(exc)) from None
+            raise CreditRefusal(400, "invalid_account", str(exc)) from None
+        if who is None and self.unowned_account is not None:
+            who = Identity(self.unowned_account, source="litellm")
         if who is None:
-            raise _refuse(401, "no_credit_account", "this key names no user to bill")
+            raise CreditRefusal(401, "no_credit_account", "this key names no user to bill")
         model = data.get("model")
         if not isinstance(model, str) or not model:
-            return data  # the proxy itself refuses a call without a model
-        meter = self.meter
-        if call_type in _CHAT:
-            prompt = (
-                meter.prompt_tokens(model, data)
-                if "messages" in data
-                else meter.input_tokens(model, data.get("prompt"))
-            )
-            out: int | None = meter.max_tokens(data)
-        else:
-            prompt, out = meter.input_tokens(model, data.get("input")), 0
+            raise CreditRefusal(400, "invalid_request", "a billed call needs a model")
         request_id = data.get("litellm_call_id")
         if not isinstance(request_id, str) or not request_id:
             request_id = data["litellm_call_id"] = str(uuid.uuid4())
-        pricing: dict[str, Any] = {
-            k: data[k] for k in ("input_cost_per_token", "output_cost_per_token") if k in data
-        }
         try:
-            call = await meter.begin(
+            worst, priced, pricing = self._price(kind, model, data)
+            call = await self.meter.begin(
                 who,
-                model=model,
-                prompt_tokens=prompt,
-                max_tokens=out,
+                model=priced,
+                prompt_tokens=worst.prompt_tokens,
+                max_tokens=worst.max_tokens,
                 request_id=request_id,
                 pricing=pricing,
+                estimate=(worst.usd, worst.source),
+                kind=kind,
             )
         except InsufficientCredits as exc:
-            raise _refuse(
+            raise CreditRefusal(
                 402,
                 "insufficient_credits",
-                str(exc),
-                required=str(exc.required),
-                available=str(exc.available),
+                f"not enough credits for this call: {exc.required} needed, {exc.available}"
+                " available",
+                required=exc.required,
+                available=exc.available,
                 tier=exc.tier,
             ) from None
         except UnknownModelPrice as exc:
-            raise _refuse(400, "unknown_model_price", str(exc)) from None
+            raise CreditRefusal(400, "unknown_model_price", str(exc)) from None
+        except BackendUnavailable as exc:
+            raise self._unavailable(f"credit ledger unavailable: {exc.detail}") from None
+        except CreditError as exc:
+            raise CreditRefusal(400, "invalid_account", str(exc)) from None
+        except Exception as exc:  # a fault of the ledger's database: never a 500
+            log.exception("holding credits for proxied call %s failed", request_id)
+            raise self._unavailable(f"credit ledger failed: {type(exc).__name__}") from None
         self._remember(request_id, call)
-        metadata = data.get("metadata")
-        if isinstance(metadata, dict):
-            metadata["credit_account_id"] = call.account_id
-            metadata["credit_hold_id"] = call.hold_id
+        for field in ("metadata", "litellm_metadata"):
+            metadata = data.get(field)
+            if isinstance(metadata, dict):
+                metadata["credit_account_id"] = call.account_id
+                metadata["credit_hold_id"] = call.hold_id
         return data
 
-    # ------------------------------------------------------------------ after the call
-
-    def _remember(self, request_id: str, call: MeteredCall) -> None:
-        now = time.monotonic()
-        while self._calls:  # forget holds never settled here: their timeout released them
-            oldest = next(iter(self._calls.values()))
-            if oldest[1] > now:
-                break
-            self._calls.popitem(last=False)
-        self._calls[request_id] = (call, now + self.meter.hold_timeout)
-
-    def _pop(self, kwargs: Mapping[str, Any]) -> MeteredCall | None:
+    def log_pre_api_call(self, model: Any, messages: Any, kwargs: dict[str, Any]) -> None:
+        """Outside the proxy nothing calls the pre-call hook, so nothing would be billed: say
+        so loudly instead (in code, use ``CreditedLLM``)."""
         call_id = kwargs.get("litellm_call_id")
-        found = self._calls.pop(call_id, None) if isinstance(call_id, str) else None
-        return found[0] if found is not None else None
-
-    async def async_log_success_event(
-        self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
-    ) -> None:
-        call = self._pop(kwargs)
-        if call is None:
+        if in_proxy() or (isinstance(call_id, str) and call_id in self._calls):
             return
-        slo = kwargs.get("standard_logging_object") or {}
-        usage = getattr(response_obj, "usage", None)
-        prompt = int(slo.get("prompt_tokens") or getattr(usage, "prompt_tokens", 0) or 0)
-        completion = int(
-            slo.get("completion_tokens") or getattr(usage, "completion_tokens", 0) or 0
-        )
-        cost, source = self.meter.actual_cost(
-            call.model,
-            call.pricing,
-            kwargs.get("response_cost"),
-            prompt or call.prompt_tokens,
-            completion,
-            call.estimate_usd,
-        )
-        try:
-            await self.meter.shielded(
-                self.meter.charge(
-                    call, cost, prompt_tokens=prompt, completion_tokens=completion, source=source
-                )
+        if not self._warned_outside:
+            self._warned_outside = True
+            message = (
+                "CreditProxyHook bills only calls made through the LiteLLM proxy; this call"
+                " (litellm.callbacks outside the proxy) is NOT billed: use CreditedLLM in code"
             )
-        except Exception:
-            log.exception("capturing proxied call %s failed", call.request_id)
-
-    async def async_log_failure_event(
-        self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
-    ) -> None:
-        await self._release(self._pop(kwargs), "provider_error")
-
-    async def async_post_call_failure_hook(
-        self,
-        request_data: dict[str, Any],
-        original_exception: Exception,
-        user_api_key_dict: Any,
-        traceback_str: str | None = None,
-    ) -> None:
-        # The request failed in the proxy (a later hook refused it, a router error, ...).
-        await self._release(self._pop(request_data), "proxy_error")
-
-    async def _release(self, call: MeteredCall | None, reason: str) -> None:
-        if call is None:
-            return
-        try:
-            await self.meter.shielded(self.meter.release(call, reason))
-        except Exception:
-            log.exception("releasing the hold of proxied call %s failed", call.request_id)
-
-    async def async_post_call_streaming_iterator_hook(
-        self, user_api_key_dict: Any, response: Any, request_data: dict[str, Any]
-    ) -> AsyncGenerator[Any, None]:
-        """Pass a stream through; if it ends early (the client left, the provider broke off),
-        charge what was generated, since no success event will say so."""
-        call_id = request_data.get("litellm_call_id")
-        found = self._calls.get(call_id) if isinstance(call_id, str) else None
-        if found is None:
-            async for item in response:
-                yield item
-            return
-        tally = _Tally(self.meter, found[0])
-        finished = False
-        try:
-            async for item in response:
-                tally.chunks.append(item)
-                yield item
-            finished = True  # the success event captures LiteLLM's own cost
-        finally:
-            if not finished and self._pop(request_data) is not None:
-                await tally.settle("client_closed")
-
-    async def async_post_call_response_headers_hook(
-        self,
-        data: dict[str, Any],
-        user_api_key_dict: Any,
-        response: Any,
-        request_headers: dict[str, str] | None = None,
-        litellm_call_info: dict[str, Any] | None = None,
-    ) -> dict[str, str] | None:
-        """The account's available credits (after this call's hold, before its capture)."""
-        metadata = data.get("metadata")
-        account = metadata.get("credit_account_id") if isinstance(metadata, dict) else None
-        if not isinstance(account, str):
-            return None
-        try:
-            balance = await self.meter.ledger.balance(account)
-        except Exception:
-            return None
-        return {self.balance_header: str(balance.available)}
+            log.error(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
 
     async def drain(self) -> None:
         """Wait for settlements still running in the background."""
         await self.meter.drain()
+
+    async def aclose(self) -> None:
+        """Finish settlements, then close the ledger and Redis client ``from_url()`` built."""
+        await self.drain()
+        ledger, client = self._owned
+        if ledger is not None:
+            await ledger.close()
+        if client is not None:
+            from .._redis import close_redis
+
+            await close_redis(client)

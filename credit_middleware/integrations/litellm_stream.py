@@ -9,7 +9,6 @@ produced nothing is released. A stream that produced tokens is never billed zero
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from decimal import Decimal
 from typing import Any
@@ -120,6 +119,7 @@ class CreditedStream:
         self._tally = _Tally(meter, call)
         self._loop = asyncio.get_running_loop()
         self.request_id = call.request_id
+        meter.open_streams.add(self)  # a weak set: found again at shutdown if never closed
 
     @property
     def receipt(self) -> Receipt | None:
@@ -149,7 +149,7 @@ class CreditedStream:
         self._tally.chunks.append(chunk)
         return chunk
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, outcome: str = "client_closed") -> None:
         """Stop reading: close the provider stream and charge what was generated so far."""
         if self._tally.settled:
             return
@@ -160,7 +160,7 @@ class CreditedStream:
         except Exception:
             log.debug("closing the provider stream failed", exc_info=True)
         finally:
-            await self._tally.settle("client_closed")
+            await self._tally.settle(outcome)
 
     async def __aenter__(self) -> CreditedStream:
         return self
@@ -172,6 +172,16 @@ class CreditedStream:
         tally: _Tally | None = getattr(self, "_tally", None)
         if tally is None or tally.settled:
             return
-        # If the loop is already closed, the hold's timeout gives the credits back.
-        with contextlib.suppress(RuntimeError):
+        try:
             self._loop.call_soon_threadsafe(tally.settle_later, "abandoned")
+        except RuntimeError:  # the loop is closed: nothing can settle it now
+            log.warning(
+                "LLM stream %s was dropped after its event loop closed, never closed: its hold"
+                " is released when it times out, and what it generated is not billed",
+                self.request_id,
+            )
+            return
+        log.warning(
+            "LLM stream %s was dropped without aclose(): charging what it generated",
+            self.request_id,
+        )

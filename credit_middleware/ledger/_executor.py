@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Literal
 
-from ..errors import BackendUnavailable
+from ..errors import BackendUnavailable, ConfigurationError
 
 Row = Mapping[str, Any]
 Dialect = Literal["postgresql", "sqlite"]
@@ -115,6 +115,17 @@ async def _keep_session(conn: Any) -> None:
     transaction left open before this runs."""
 
 
+def _close_sockets(pool: Any) -> None:
+    """Close the sockets of a pool whose event loop is closed (asyncpg needs the loop for it),
+    so that they don't linger until garbage collection warns about them."""
+    for holder in getattr(pool, "_holders", ()):
+        transport: Any = getattr(getattr(holder, "_con", None), "_transport", None)
+        sock = getattr(transport, "_sock", None)
+        if sock is not None:
+            sock.close()
+            transport._sock = None
+
+
 class AsyncpgExecutor(Executor):
     """PostgreSQL through an asyncpg pool, created lazily and re-created after failures."""
 
@@ -137,8 +148,37 @@ class AsyncpgExecutor(Executor):
         self._timeout = timeout
         self._lock = asyncio.Lock()
         self._errors = pg_errors()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop the pool lives on
+
+    def _follow_loop(self) -> None:
+        """An asyncpg pool belongs to the event loop that made it. On another loop (a second
+        ``asyncio.run()``, a sync wrapper's loop) a pool whose loop has stopped is dropped and
+        made anew; a pool whose loop still runs elsewhere is refused, clearly."""
+        loop = asyncio.get_running_loop()
+        if loop is self._loop:
+            return
+        old, pool = self._loop, self._pool
+        if pool is not None and old is not None:
+            if old.is_running():
+                raise ConfigurationError(
+                    "this PostgreSQL ledger is in use on another running event loop; give each"
+                    " event loop (thread) its own Ledger"
+                )
+            if not self._owns_pool:
+                raise ConfigurationError(
+                    "the asyncpg pool given to this ledger belongs to an event loop that has"
+                    " stopped; pass a pool made on the current loop"
+                )
+            try:
+                pool.terminate()  # its loop has stopped: close its sockets without it
+            except RuntimeError:  # the loop is closed and asyncpg can't: close them here
+                _close_sockets(pool)
+            self._pool = None
+        self._lock = asyncio.Lock()
+        self._loop = loop
 
     async def _get_pool(self) -> Any:
+        self._follow_loop()
         if self._pool is not None and not self._closed:
             return self._pool
         async with self._lock:
@@ -184,6 +224,8 @@ class AsyncpgExecutor(Executor):
     async def close(self) -> None:
         """Close the pool (if this executor made it); later operations fail as unavailable
         instead of opening a new pool that nobody would close."""
+        if self._pool is not None and self._owns_pool:
+            self._follow_loop()  # a pool left on a stopped loop is terminated here
         async with self._lock:
             self._closed = True
             if self._pool is not None and self._owns_pool:
