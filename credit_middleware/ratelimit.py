@@ -1,15 +1,15 @@
-"""Rate limits per account and tier with ``limits`` (async API), and their IETF header fields.
+"""Rate limits per account and tier with ``limits``' strategies, and their IETF header fields.
 
-Memory storage by default; Redis storage (redis-py, the pool the provisioning lock uses too)
-when a client is given. When Redis fails or times out, ``on_redis_error`` decides: ``"local"``
-counts in this process until Redis is back (logged once per transition), ``"refuse"`` raises
-:class:`BackendUnavailable` (the middleware answers 503).
+Memory storage by default (`limits`' own, :mod:`._ratelimit_memory`); Redis (redis-py, the
+client the provisioning lock uses too) when a client is given, all of a request's limits and
+its header figures in one atomic script call (:mod:`._ratelimit_redis`). When Redis fails or
+times out, ``on_redis_error`` decides: ``"local"`` counts in this process until Redis is back
+(logged once per transition), ``"refuse"`` raises :class:`BackendUnavailable` (the middleware
+answers 503).
 """
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import logging
 import math
 import time
@@ -20,11 +20,10 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 from limits import RateLimitItem, parse_many
-from limits.aio import storage as lstorage
-from limits.aio import strategies
 
 from ._aio import bounded
-from ._redis import limits_storage
+from ._ratelimit_memory import MemoryCounter
+from ._ratelimit_redis import Counted, RedisCounter
 from .errors import BackendUnavailable, ConfigurationError
 from .events import NULL_OBSERVER, Observer
 
@@ -33,10 +32,11 @@ __all__ = ["DEFAULT_TIERS", "LimitState", "RateLimiter", "Strategy", "Verdict"]
 log = logging.getLogger("credit_middleware.ratelimit")
 
 Strategy = Literal["moving-window", "sliding-window-counter", "fixed-window"]
-_STRATEGIES: Mapping[str, type[strategies.RateLimiter]] = {
-    "moving-window": strategies.MovingWindowRateLimiter,
-    "sliding-window-counter": strategies.SlidingWindowCounterRateLimiter,
-    "fixed-window": strategies.FixedWindowRateLimiter,
+#: each strategy's tag in its keys
+_STRATEGIES: Mapping[str, str] = {
+    "moving-window": "mw",
+    "sliding-window-counter": "swc",
+    "fixed-window": "fw",
 }
 DEFAULT_TIERS: Mapping[str, str] = {"trial": "60/minute;1000/day"}
 _MAX_REFUSALS = 10_000  # refusals remembered per limiter (oldest dropped first)
@@ -81,8 +81,11 @@ def _name(item: RateLimitItem) -> str:
 class RateLimiter:
     """Counts requests per account against its tier's limits (or a route's own limits).
 
-    Every Redis call is bounded by ``timeout``; after a failure Redis is tried again only
-    every ``recheck`` seconds, so an outage costs one failed attempt, not one per request.
+    A request is counted only if every one of its limits has room (a refused call spends no
+    slot of the others), in one Redis round trip per request (:mod:`._ratelimit_redis`) or in
+    this process (:mod:`._ratelimit_memory`). Every Redis call is bounded by ``timeout``; after
+    a failure Redis is tried again only every ``recheck`` seconds, so an outage costs one
+    failed attempt, not one per request.
     """
 
     def __init__(
@@ -105,23 +108,24 @@ class RateLimiter:
         self._tiers = {t: _parse(s, f"tier {t!r}") for t, s in tiers.items()}
         self._default = _parse(default, "default limits") if default else ()
         self._route_cache: dict[str, tuple[RateLimitItem, ...]] = {}
-        self._strategy = _STRATEGIES[strategy]
         # Each strategy keeps a different Redis type under its keys: switching strategies on a
         # live deployment must not hit the old keys (WRONGTYPE).
-        self._tag = {"moving-window": "mw", "sliding-window-counter": "swc"}.get(strategy, "fw")
-        self._local = self._strategy(lstorage.MemoryStorage())
-        self._remote: strategies.RateLimiter | None = None
+        self._tag = _STRATEGIES[strategy]
+        self._local = MemoryCounter(strategy)
+        self._remote: RedisCounter | None = None
         if redis is not None:
-            self._remote = self._strategy(limits_storage(redis, key_prefix=key_prefix))
+            self._remote = RedisCounter(redis, strategy, key_prefix, self._tag)
         self._policy = on_redis_error
         self._timeout = timeout
         self._recheck = recheck
         self.observer = observer or NULL_OBSERVER
         self._degraded_until = 0.0
         self._degraded = False
+        self._now = time.time  # the clock of moving-window timestamps on Redis (tests set it)
         # (ids, limits) -> (monotonic time it ends, when it was decided, the refusal): a client
         # that keeps calling while refused is answered from here, without counting again
         self._refusals: OrderedDict[Any, tuple[float, float, Verdict]] = OrderedDict()
+        self._static: dict[tuple[RateLimitItem, ...], tuple[tuple[str, int, int], ...]] = {}
 
     def items_for(self, tier: str, route_limits: str | None) -> tuple[RateLimitItem, ...]:
         if route_limits is not None:
@@ -144,29 +148,35 @@ class RateLimiter:
             refused = self._still_refused((ids, items))
             if refused is not None:
                 return refused
-        limiter = self._limiter()
-        if limiter is self._local:
-            return self._note(ids, items, *await self._run(self._local, items, ids))
+        remote = self._remote
+        if remote is not None and self._degraded and time.monotonic() < self._degraded_until:
+            if self._policy == "refuse":
+                raise BackendUnavailable("redis", "rate-limit storage unreachable")
+            remote = None
+        if remote is None:
+            return self._verdict(ids, items, *self._local.count(items, ids))
         try:
-            verdict, wait = await bounded(self._run(limiter, items, ids), self._timeout)
+            allowed, counted = await bounded(
+                remote.count(items, ids[1], ids[2], self._now()), self._timeout
+            )
         except Exception as exc:  # Redis down, slow, or misbehaving
             self._set_degraded(True, exc)
             if self._policy == "refuse":
                 raise BackendUnavailable("redis", repr(exc)) from None
-            return self._note(ids, items, *await self._run(self._local, items, ids))
-        self._set_degraded(False, None)
-        return self._note(ids, items, verdict, wait)
+            return self._verdict(ids, items, *self._local.count(items, ids))
+        if self._degraded:
+            self._set_degraded(False, None)
+        return self._verdict(ids, items, allowed, counted)
 
     def _still_refused(self, key: Any) -> Verdict | None:
         """A refusal that still holds, with its times counted down; None if there is none.
 
-        Every limit of a request is counted at once (one round trip), so a refused request
-        still spends a slot of its other limits. Answering a client that keeps calling from
-        here, until the refusal ends, means a retry storm spends one slot of its daily budget,
-        not one per call (and costs no Redis round trip). In a moving or fixed window nothing
-        frees a slot before the reset time the limit reported, so nothing is refused that would
-        have been allowed; for the sliding-window counter that time is `limits`' own estimate,
-        the same one the client was given as ``Retry-After``."""
+        A refused request spends no slot, so this memory is not needed for correctness: it
+        answers a client that keeps calling while refused without a Redis round trip (or any
+        counting) until the refusal ends. In a moving or fixed window nothing frees a slot
+        before the reset time the limit reported, so nothing is refused that would have been
+        allowed; for the sliding-window counter that time is `limits`' own estimate, the same
+        one the client was given as ``Retry-After``."""
         entry = self._refusals.get(key)
         if entry is None:
             return None
@@ -177,15 +187,36 @@ class RateLimiter:
             return None
         gone = now - since
         states = tuple(
-            dataclasses.replace(st, reset=max(0, math.ceil(st.reset - gone)))
+            LimitState(
+                st.name, st.quota, st.window, st.remaining, max(0, math.ceil(st.reset - gone))
+            )
             for st in verdict.states
         )
         return Verdict(False, states, max(1, math.ceil(until - now)), verdict.exceeded)
 
-    def _note(
-        self, ids: tuple[str, ...], items: tuple[RateLimitItem, ...], verdict: Verdict, wait: float
+    def _verdict(
+        self,
+        ids: tuple[str, ...],
+        items: tuple[RateLimitItem, ...],
+        allowed: bool,
+        counted: list[Counted],
     ) -> Verdict:
-        if not verdict.allowed and wait > 0:
+        """The verdict from each limit's figures; a refusal is remembered until it ends."""
+        static = self._static.get(items)
+        if static is None:
+            static = tuple((_name(i), i.amount, i.get_expiry()) for i in items)
+            self._static[items] = static
+        states = tuple(
+            LimitState(name, quota, window, remaining, max(0, math.ceil(left)))
+            for (name, quota, window), (_, remaining, left) in zip(static, counted, strict=True)
+        )
+        if allowed:
+            return Verdict(True, states)
+        # allowed again only once every exceeded limit has a free slot
+        at = max((i for i, c in enumerate(counted) if not c[0]), key=lambda i: counted[i][2])
+        wait = counted[at][2]
+        verdict = Verdict(False, states, max(1, states[at].reset), states[at].name)
+        if wait > 0:
             key = (ids, items)
             now = time.monotonic()
             self._refusals[key] = (now + wait, now, verdict)
@@ -193,15 +224,6 @@ class RateLimiter:
             while len(self._refusals) > _MAX_REFUSALS:
                 self._refusals.popitem(last=False)
         return verdict
-
-    def _limiter(self) -> strategies.RateLimiter:
-        if self._remote is None:
-            return self._local
-        if self._degraded and time.monotonic() < self._degraded_until:
-            if self._policy == "refuse":
-                raise BackendUnavailable("redis", "rate-limit storage unreachable")
-            return self._local
-        return self._remote
 
     def _set_degraded(self, degraded: bool, exc: BaseException | None) -> None:
         if degraded:
@@ -215,37 +237,6 @@ class RateLimiter:
         else:
             log.warning("rate limiting recovered, Redis reachable again")
         self.observer.degraded("redis", degraded)
-
-    async def _run(
-        self,
-        limiter: strategies.RateLimiter,
-        items: tuple[RateLimitItem, ...],
-        ids: tuple[str, ...],
-    ) -> tuple[Verdict, float]:
-        """The verdict, and for a refusal the seconds until every exceeded limit resets."""
-        # The limits are independent keys: count them concurrently (one round trip's wait
-        # instead of one per limit on Redis).
-        if limiter is self._local:  # in memory, tasks would cost more than they save
-            counted = [await self._one(limiter, item, ids) for item in items]
-        else:
-            counted = await asyncio.gather(*(self._one(limiter, item, ids) for item in items))
-        states = tuple(state for state, _, _ in counted)
-        exceeded = [(state, left) for state, ok, left in counted if not ok]
-        if not exceeded:
-            return Verdict(True, states), 0.0
-        # allowed again only once every exceeded limit has a free slot
-        state, left = max(exceeded, key=lambda pair: pair[1])
-        return Verdict(False, states, max(1, state.reset), state.name), left
-
-    async def _one(
-        self, limiter: strategies.RateLimiter, item: RateLimitItem, ids: tuple[str, ...]
-    ) -> tuple[LimitState, bool, float]:
-        ok = await limiter.hit(item, *ids)
-        stats = await limiter.get_window_stats(item, *ids)
-        left = stats.reset_time - time.time()
-        reset = max(0, math.ceil(left))
-        state = LimitState(_name(item), item.amount, item.get_expiry(), stats.remaining, reset)
-        return state, ok, left
 
 
 def rate_limit_headers(verdict: Verdict, *, legacy: bool = False) -> list[tuple[str, str]]:

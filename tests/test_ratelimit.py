@@ -132,19 +132,18 @@ async def test_switching_strategy_on_live_keys_does_not_break(redis_client: Any)
 async def test_a_retry_storm_does_not_drain_the_daily_budget(
     backend: str, redis_client: Any
 ) -> None:
-    """All limits are counted at once, so a refused call spends a slot of the others; the
-    refusal is then answered locally until it ends, so 50 calls against 3/minute spend 4 of the
-    day's 100, not 50 (slowapi, counting one limit after another, would spend 3)."""
+    """A request is counted only if every limit has room, so 50 calls against 3/minute spend 3
+    of the day's 100, not 50 (and the refusal is answered locally until it ends)."""
     redis = redis_client if backend == "redis" else None
     prefix = redis_client.test_prefix + "storm"
     tiers = {"trial": "3/minute;100/day", "day": "100/day"}
     limiter = RateLimiter(tiers=tiers, redis=redis, key_prefix=prefix)
     verdicts = [await limiter.hit("storm", "trial") for _ in range(50)]
     assert [v.allowed for v in verdicts] == [True] * 3 + [False] * 47
-    # the same day limit, read through a tier that has only it: 100 - 4 - this call
+    # the same day limit, read through a tier that has only it: 100 - 3 - this call
     other = RateLimiter(tiers=tiers, redis=redis, key_prefix=prefix) if redis else limiter
     (day,) = (await other.hit("storm", "day")).states
-    assert (day.name, day.remaining) == ("100-per-day", 95)
+    assert (day.name, day.remaining) == ("100-per-day", 96)
 
 
 async def test_a_remembered_refusal_counts_down_and_ends() -> None:
@@ -159,4 +158,4 @@ async def test_a_remembered_refusal_counts_down_and_ends() -> None:
     assert (await limiter.hit("b", "trial")).allowed  # other accounts are not affected
     await asyncio.sleep(1.05)  # the second-long window has passed: counted again, allowed
     ok = await limiter.hit("a", "trial")
-    assert ok.allowed and ok.states[1].remaining == 50 - 4
+    assert ok.allowed and ok.states[1].remaining == 50 - 3  # the refused call spent nothing
