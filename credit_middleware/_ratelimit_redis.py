@@ -23,7 +23,7 @@ from typing import Any
 
 from limits import RateLimitItem
 
-__all__ = ["SCRIPTS", "Counted", "RedisCounter"]
+__all__ = ["SCRIPTS", "Counted", "RedisCounter", "sliding_figures"]
 
 # KEYS[i]: limit i's list of timestamps, newest first. ARGV: now, then limit and expiry (s) per
 # limit. Reply: allowed, then per limit: fits (0/1), count in the window, oldest entry in it.
@@ -215,15 +215,25 @@ def _fixed(amount: int, expiry: int, r: list[Any], now: float) -> Counted:
 
 
 def _sliding(amount: int, expiry: int, r: list[Any], now: float) -> Counted:
-    # limits' SlidingWindowCounterRateLimiter.get_window_stats on the same four figures
     fits, previous, previous_ms, current, current_ms = (int(x) for x in r)
-    previous_ttl, current_ttl = previous_ms / 1000, current_ms / 1000
+    return (fits == 1, *sliding_figures(amount, expiry, previous, previous_ms / 1000, current,
+                                        current_ms / 1000))  # fmt: skip
+
+
+def sliding_figures(
+    amount: int, expiry: int, previous: int, previous_ttl: float, current: int, current_ttl: float
+) -> tuple[int, float]:
+    """Remaining and seconds to reset of a sliding-window counter from its two windows' counts
+    and TTLs (s): `limits`' SlidingWindowCounterRateLimiter.get_window_stats."""
     remaining = max(0, amount - math.floor(previous * previous_ttl / expiry + current))
     if not (previous or current):
-        return fits == 1, remaining, 0.0
+        return remaining, 0.0
     previous_in = previous_ttl % (expiry / previous) if previous else math.inf
-    current_in = current_ttl % expiry if current else math.inf
-    return fits == 1, remaining, min(previous_in, current_in)
+    # the current window becomes the previous one when its TTL falls to one expiry; one that
+    # starts right now has exactly two left, for which limits' TTL % expiry says 0 (it reads
+    # the TTL a moment later, in a call of its own, and gets one expiry less that moment)
+    current_in = (current_ttl % expiry or float(expiry)) if current else math.inf
+    return remaining, min(previous_in, current_in)
 
 
 _DECODERS = {"moving-window": _moving, "fixed-window": _fixed, "sliding-window-counter": _sliding}
