@@ -11,12 +11,17 @@ come from; :class:`RedisCounter` turns that state into remaining/reset with the 
 through `limits`' Redis strategies and compares the answers.
 
 Every key of one request shares the hash tag ``{<strategy>/<account>}``: one Redis Cluster slot,
-so the script runs on one node. Scripts are sent with EVALSHA and loaded on NOSCRIPT
-(``register_script``), on the app's shared client.
+so the script runs on one node. Scripts go by EVALSHA on the app's shared client; where Redis
+does not know the script yet (first use, a restart, a failover, another cluster node) that
+call is answered NOSCRIPT and is sent again as EVAL, which runs the script and caches it: two
+round trips, once per node. (``register_script`` would load it with SCRIPT LOAD on every
+primary and then retry: a herd of first requests on a fresh cluster sent three round trips
+each, and timed out.)
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -167,8 +172,14 @@ class RedisCounter:
     """One strategy's script on a redis.asyncio client (plain, Sentinel master or cluster)."""
 
     def __init__(self, client: Any, strategy: str, key_prefix: str, tag: str) -> None:
+        from redis.exceptions import NoScriptError
+
         self._strategy = strategy
-        self._script = client.register_script(SCRIPTS[strategy])
+        self._client = client
+        self._source = SCRIPTS[strategy]
+        self._sha = hashlib.sha1(self._source.encode(), usedforsecurity=False).hexdigest()
+        self._noscript = NoScriptError
+        self._known = False  # True once a call ran it: EVALSHA first from then on
         self._width = _WIDTH[strategy]
         self._prefix = f"{key_prefix}:{{{tag}/"
         self._plans: dict[tuple[RateLimitItem, ...], _Plan] = {}
@@ -188,10 +199,8 @@ class RedisCounter:
         plan = self._plan(items)
         head = f"{self._prefix}{account}}}/{route}"
         keys = [head + suffix for suffix in plan.suffixes]
-        if self._strategy == "moving-window":
-            reply = await self._script(keys, [now, *plan.args])
-        else:
-            reply = await self._script(keys, plan.args)
+        args = [now, *plan.args] if self._strategy == "moving-window" else plan.args
+        reply = await self._run(keys, args)
         decode = _DECODERS[self._strategy]
         w = self._width
         out = [
@@ -199,6 +208,17 @@ class RedisCounter:
             for i in range(len(items))
         ]
         return reply[0] == 1, out
+
+    async def _run(self, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA; EVAL where this Redis node does not know the script (which caches it)."""
+        if self._known:
+            try:
+                return await self._client.evalsha(self._sha, len(keys), *keys, *args)
+            except self._noscript:
+                pass  # this node does not know it (yet, or any more)
+        reply = await self._client.eval(self._source, len(keys), *keys, *args)
+        self._known = True
+        return reply
 
 
 def _moving(amount: int, expiry: int, r: list[Any], now: float) -> Counted:

@@ -89,12 +89,18 @@ def private_redis(tmp_path: Path) -> Iterator[int]:
         servers.stop_all()
 
 
-async def test_a_flushed_script_cache_is_reloaded(private_redis: int) -> None:
+async def test_a_flushed_script_cache_is_reloaded(
+    private_redis: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     client = aioredis.Redis(host="127.0.0.1", port=private_redis)
     try:
         limiter = RateLimiter(tiers={"trial": "3/minute"}, redis=client, on_redis_error="refuse")
+        counting = Counting(monkeypatch)
         assert (await limiter.hit("a", "trial")).states[0].remaining == 2
+        assert counting.sent == ["EVAL"]  # the first call runs (and caches) the script
         await client.script_flush()  # as after a restart or a failover to a fresh replica
         assert (await limiter.hit("a", "trial")).states[0].remaining == 1
+        # NOSCRIPT, then EVAL again: two round trips (SCRIPT LOAD and a retry would be three)
+        assert counting.sent == ["EVAL", "EVALSHA", "EVAL"]
     finally:
         await client.aclose()
