@@ -28,7 +28,18 @@ from ._batch import DebitBatcher, DebitItem
 from ._executor import AsyncpgExecutor, Conn, Executor, SqliteExecutor
 from ._search import RouteUsage, check_query
 from ._tiers import Purchase, TierChange, change_tier, check_reason, check_tier, keyed_event
-from ._tx import ACCOUNT_COLS, ENTRY_COLS, GRANT_COLS, HOLD_COLS, Tag, dumps, lock, save, sweep
+from ._tx import (
+    ACCOUNT_COLS,
+    ENTRY_COLS,
+    GRANT_COLS,
+    HOLD_COLS,
+    Tag,
+    dumps,
+    key_conflict,
+    lock,
+    save,
+    sweep,
+)
 from .contract import RequestStore
 from .models import Account, Balance, Entry, Grant, Hold, Receipt, VerifyReport, dt_to_us
 from .schema import VERSION_TABLE, current_version, migrate, migrations
@@ -265,12 +276,13 @@ class Ledger(RequestStore):
                 available=from_micros(max(0, available)),
                 tier=row["o_tier"],
             )
-        entry = Entry.from_row(json.loads(row["o_entry"]))
-        if status == "replayed" and (entry.kind != "debit" or entry.amount_micros != micros):
+        raw = json.loads(row["o_entry"])
+        if status == "replayed":
             assert tag.key is not None
-            raise IdempotencyConflict(
-                account_id, tag.key, f"already used for a {entry.kind} of {entry.amount}"
-            )
+            refusal = key_conflict(account_id, tag.key, raw, "debit", micros)
+            if refusal is not None:
+                raise refusal
+        entry = Entry.from_row(raw)
         return Receipt(entry=entry, replayed=status == "replayed", available_micros=available)
 
     async def hold(
