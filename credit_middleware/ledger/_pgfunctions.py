@@ -9,6 +9,8 @@ both paths against the same model.
 
 from __future__ import annotations
 
+from ..money import MAX_BALANCE_MICROS
+
 PG_FUNCTIONS = """
 CREATE OR REPLACE FUNCTION credit_debit(
     p_account text, p_amount bigint, p_now bigint, p_key text,
@@ -159,3 +161,79 @@ BEGIN
     END LOOP;
 END $$;
 """
+
+# Migration 5: provisioning that never decides a case the generic path would decide otherwise.
+# It handles the two common cases in one round trip (open + trial grant; nothing to do) and
+# answers ``slow`` for every unusual one, so that the generic path (``Ledger.provision``)
+# decides, with its own errors and wording: a sweep due (an expired grant or timed-out hold
+# must leave the balance first), the key ``trial`` taken by another entry (a debit or hold an
+# operator keyed so), or a balance that the grant would lift above the cap. None of these can
+# hold for an account this call created, so ``created`` stays exact. ``o_available`` is what
+# the generic receipt says: effective, unexpired remaining minus active holds.
+# The return type changes (o_status, o_available), hence DROP and CREATE, in one transaction.
+PG_PROVISION_V5 = """
+DROP FUNCTION credit_provision(text, text, text, text, bigint, bigint, integer, bigint, bigint,
+                               text, text);
+CREATE FUNCTION credit_provision(
+    p_account text, p_tier text, p_cohort text, p_account_meta text, p_now bigint,
+    p_amount bigint, p_priority integer, p_effective bigint, p_expires bigint,
+    p_layer text, p_grant_meta text)
+RETURNS TABLE (o_status text, o_created boolean, o_account text, o_entry text, o_grant text,
+               o_available bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_created boolean;
+    v_available bigint;
+    a record;
+    g record;
+    e record;
+BEGIN
+    INSERT INTO credit_accounts (account_id, tier, cohort, metadata, created_at, updated_at)
+        VALUES (p_account, p_tier, p_cohort, p_account_meta, p_now, p_now)
+        ON CONFLICT (account_id) DO NOTHING;
+    v_created := FOUND;
+    SELECT * INTO a FROM credit_accounts WHERE account_id = p_account FOR UPDATE;
+    IF p_amount IS NULL
+       OR EXISTS (SELECT 1 FROM credit_grants WHERE account_id = p_account AND source = 'trial')
+       OR EXISTS (SELECT 1 FROM credit_grants
+                  WHERE account_id = p_account AND idempotency_key = 'trial') THEN
+        RETURN QUERY SELECT 'skipped'::text, v_created, row_to_json(a)::text, NULL::text,
+                            NULL::text, NULL::bigint;
+        RETURN;
+    END IF;
+    IF (a.sweep_at IS NOT NULL AND a.sweep_at <= p_now)
+       OR a.balance + p_amount > {max_balance}
+       OR EXISTS (SELECT 1 FROM credit_entries
+                  WHERE account_id = p_account AND idempotency_key = 'trial') THEN
+        RETURN QUERY SELECT 'slow'::text, v_created, NULL::text, NULL::text, NULL::text,
+                            NULL::bigint;
+        RETURN;
+    END IF;
+    INSERT INTO credit_grants (account_id, source, amount, remaining, priority, effective_at,
+                               expires_at, idempotency_key, layer, metadata, created_at)
+        VALUES (p_account, 'trial', p_amount, p_amount, p_priority, p_effective, p_expires,
+                'trial', p_layer, p_grant_meta, p_now)
+        RETURNING * INTO g;
+    INSERT INTO credit_entries (account_id, kind, amount, delta, held_delta, balance_after,
+                                held_after, grant_id, idempotency_key, layer, metadata,
+                                created_at)
+        VALUES (p_account, 'grant', p_amount, p_amount, 0, a.balance + p_amount, a.held,
+                g.grant_id, 'trial', p_layer, p_grant_meta, p_now)
+        RETURNING * INTO e;
+    INSERT INTO credit_postings (entry_id, grant_id, amount)
+        VALUES (e.entry_id, g.grant_id, p_amount);
+    UPDATE credit_accounts SET
+            balance = balance + p_amount,
+            sweep_at = CASE
+                WHEN p_expires IS NULL THEN sweep_at
+                WHEN sweep_at IS NULL OR p_expires < sweep_at THEN p_expires
+                ELSE sweep_at END,
+            updated_at = p_now
+        WHERE account_id = p_account
+        RETURNING * INTO a;
+    SELECT COALESCE(SUM(remaining), 0) - a.held INTO v_available FROM credit_grants
+        WHERE account_id = p_account AND remaining > 0 AND effective_at <= p_now;
+    RETURN QUERY SELECT 'granted'::text, v_created, row_to_json(a)::text, row_to_json(e)::text,
+                        row_to_json(g)::text, v_available;
+END $$;
+""".replace("{max_balance}", str(MAX_BALANCE_MICROS))

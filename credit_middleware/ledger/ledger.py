@@ -612,7 +612,7 @@ class Ledger(RequestStore):
         # 402 to a brand-new user.
         starts = now - _TRIAL_BACKDATE_US
         if self._fast_path and self._x.dialect == "postgresql":
-            return await self._fast_provision(
+            fast = await self._fast_provision(
                 account_id,
                 tier,
                 cohort,
@@ -624,6 +624,8 @@ class Ledger(RequestStore):
                 ends,
                 tag,
             )
+            if fast is not None:
+                return fast
         receipt: Receipt | None = None
         async with self._tx() as conn:
             _, created = await _ops.open_account(
@@ -657,8 +659,9 @@ class Ledger(RequestStore):
         starts: int,
         ends: int | None,
         tag: Tag,
-    ) -> tuple[Account, bool, Receipt | None]:
-        """One round trip to ``credit_provision()`` (PostgreSQL)."""
+    ) -> tuple[Account, bool, Receipt | None] | None:
+        """One round trip to ``credit_provision()`` (PostgreSQL); None when the generic path
+        must decide (a sweep is due, the key ``trial`` is taken, or the balance cap is near)."""
         async with self._guarded_read() as conn:
             row = await conn.fetchrow(
                 "SELECT * FROM credit_provision($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
@@ -675,13 +678,15 @@ class Ledger(RequestStore):
                 dumps(tag.metadata),
             )
         assert row is not None
+        if row["o_status"] == "slow":
+            return None
         account = Account.from_row(json.loads(row["o_account"]))
         receipt = None
-        if row["o_entry"] is not None:
+        if row["o_status"] == "granted":
             receipt = Receipt(
                 entry=Entry.from_row(json.loads(row["o_entry"])),
                 replayed=False,
-                available_micros=account.balance_micros - account.held_micros,
+                available_micros=int(row["o_available"]),
                 grant=Grant.from_row(json.loads(row["o_grant"])),
             )
         return account, bool(row["o_created"]), receipt
