@@ -30,7 +30,7 @@ from conftest import Clock, _unavailable
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from credit_middleware import CreditError, HoldNotActive, HoldNotFound, Ledger
+from credit_middleware import CreditError, Ledger
 from credit_middleware.ledger import _ops
 from credit_middleware.ledger._tx import Tag
 from credit_middleware.ledger.models import Account, Balance, Entry, Grant, Hold, Receipt
@@ -76,6 +76,13 @@ ops = st.one_of(
     ),
     st.tuples(st.just("refund"), accounts, amounts, st.one_of(st.none(), st.integers(-1, 5)), keys),
     st.tuples(st.just("adjust"), accounts, amounts, st.booleans(), keys.map(lambda k: k or "k4")),
+    # a caller that lost track of a charge: find it (and maybe reverse it) or fence its id
+    st.tuples(
+        st.just("resolve"),
+        accounts,
+        st.sampled_from(["trial", "k1", "k2", "k3"]),
+        st.booleans(),
+    ),
     st.tuples(st.just("replay"), st.integers(0, 30)),
     st.tuples(st.just("open"), accounts, st.sampled_from(["default", "pro"])),
     # Fill an account up to the balance cap minus a little (one grant larger than the API's
@@ -219,14 +226,15 @@ class Side:
         grants = tuple(self.grant(g) for g in b.grants)
         return (b.tier, b.spendable_micros, b.held_micros, b.available_micros, grants)
 
-    def error(self, exc: BaseException, ids: dict[str, int | None]) -> tuple[str, str]:
+    def error(self, exc: BaseException) -> tuple[str, str]:
         """The exception's type and message, with this ledger's ids in it renamed."""
         message = str(exc).replace(self.prefix, "")
-        for kind, value in ids.items():
-            if value is not None:
-                named = f"{kind} {self.canon(kind, value)}"
-                message = re.sub(rf"\b{kind} {value}\b", named, message)
-        return type(exc).__name__, message
+        return type(exc).__name__, _IDS.sub(
+            lambda m: f"{m[1]} {self.canon(m[1], int(m[2]))}", message
+        )
+
+
+_IDS = re.compile(r"\b(entry|hold|grant) (\d+)\b")
 
 
 def _pick(items: list[int], index: int) -> int:
@@ -251,7 +259,6 @@ async def _fill(side: Side, name: str, short: int, now: int) -> Any:
 async def apply(side: Side, op: tuple[Any, ...], clock: Clock) -> Any:
     """Run one op on one ledger; the outcome in a comparable form."""
     led, name = side.ledger, op[0]
-    ids: dict[str, int | None] = {}
     try:
         if name == "open":
             account, created = await led.open_account(side.aid(op[1]), tier=op[2])
@@ -295,27 +302,31 @@ async def apply(side: Side, op: tuple[Any, ...], clock: Clock) -> Any:
             if not r.replayed:
                 side.holds.append(r.hold.hold_id)
         elif name in ("capture", "release"):
-            ids["hold"] = hold_id = _pick(side.holds, op[1])
+            hold_id = _pick(side.holds, op[1])
             if name == "capture":
                 r = await led.capture(hold_id, from_micros(op[2]), model="m")
             else:
                 r = await led.release(hold_id)
         elif name == "refund":
             _, who, amount, index, key = op
-            ids["entry"] = ref = None if index is None else _pick(side.entries, index)
+            ref = None if index is None else _pick(side.entries, index)
             r = await led.refund(side.aid(who), from_micros(amount), entry_id=ref, key=key)
         elif name == "adjust":
             _, who, amount, negative, key = op
             signed = f"-{from_micros(amount)}" if negative else str(from_micros(amount))
             r = await led.adjust(side.aid(who), signed, key=key, reason="differential")
+        elif name == "resolve":
+            _, who, key, reverse = op
+            found = await led.resolve_charge(side.aid(who), key, reverse=reverse, reason="lost")
+            if found is None:
+                return None
+            r = found
         elif name == "advance":
             return None  # moved once for both sides by the caller
         else:  # pragma: no cover
             raise AssertionError(op)
     except (CreditError, ValueError) as exc:
-        if isinstance(exc, (HoldNotActive, HoldNotFound)):
-            ids["hold"] = exc.hold_id
-        return side.error(exc, ids)
+        return side.error(exc)
     if r.entry.delta_micros < 0 and not r.replayed:
         side.entries.append(r.entry.entry_id)
     return side.receipt(r)
@@ -334,7 +345,7 @@ async def state(side: Side) -> list[Any]:
         try:
             out.append(side.balance(await side.ledger.balance(side.aid(name))))
         except CreditError as exc:
-            out.append(side.error(exc, {}))
+            out.append(side.error(exc))
     return out
 
 
