@@ -30,7 +30,7 @@ from conftest import Clock, _unavailable
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from credit_middleware import CreditError, Ledger
+from credit_middleware import CreditError, IdempotencyConflict, InvalidAmount, Ledger
 from credit_middleware.ledger import _ops
 from credit_middleware.ledger._tx import Tag
 from credit_middleware.ledger.models import Account, Balance, Entry, Grant, Hold, Receipt
@@ -466,3 +466,93 @@ def test_fast_and_generic_paths_agree_step_by_step(
     schemas: tuple[str, str], steps: list[tuple[Any, ...]]
 ) -> None:
     asyncio.run(run(schemas, steps))
+
+
+# What both paths now do in the cases where they used to differ, asserted outright (agreement
+# alone would pass if both were wrong), on the embedded default too.
+paths = pytest.mark.parametrize("fast_path", [True, False], ids=["server-side", "generic"])
+
+
+async def _ledger(url: str, clock: Clock, fast_path: bool) -> Ledger:
+    led = Ledger(url, clock=clock, fast_path=fast_path)
+    await led.migrate()
+    return led
+
+
+@paths
+@pytest.mark.anyio
+async def test_provisioning_keeps_the_balance_cap(
+    ledger_url: str, clock: Clock, fast_path: bool
+) -> None:
+    async with await _ledger(ledger_url, clock, fast_path) as led:
+        await led.open_account("rich")
+        side = Side(led, "")
+        await _fill(side, "rich", TRIAL - 1, led.now_us())
+        before = await led.get_account("rich")
+        with pytest.raises(InvalidAmount, match="a balance above 1000000000000 credits"):
+            await led.provision("rich", tier="trial", trial_amount="5")
+        assert await led.get_account("rich") == before  # nothing moved
+        _, _, receipt = await led.provision("rich", tier="trial", trial_amount="4.999999")
+        assert receipt is not None
+        assert receipt.entry.balance_after_micros == MAX_BALANCE_MICROS
+        assert (await led.verify()).ok
+
+
+@paths
+@pytest.mark.anyio
+async def test_provisioning_refuses_a_trial_key_another_operation_used(
+    ledger_url: str, clock: Clock, fast_path: bool
+) -> None:
+    async with await _ledger(ledger_url, clock, fast_path) as led:
+        await led.open_account("keyed")
+        await led.grant("keyed", "2", key="paid")
+        await led.debit("keyed", "0.5", key="trial")
+        with pytest.raises(
+            IdempotencyConflict,
+            match=r"^idempotency key 'trial' on account 'keyed': already used for a debit$",
+        ):
+            await led.provision("keyed", tier="trial", trial_amount="5")
+        assert (await led.balance("keyed")).available == Decimal("1.5")
+        assert (await led.verify()).ok
+
+
+@paths
+@pytest.mark.anyio
+async def test_a_reused_key_is_refused_in_the_same_words_on_every_path(
+    ledger_url: str, clock: Clock, fast_path: bool
+) -> None:
+    async with await _ledger(ledger_url, clock, fast_path) as led:
+        await led.provision("k", tier="trial", trial_amount="5")
+        await led.hold("k", "1", key="h")
+        await led.debit("k", "1", key="d")
+        refusals = {
+            "trial": "already used for a grant",
+            "h": "already used for a hold",
+            "d": "already used for 1 credits",
+        }
+        for key, detail in refusals.items():
+            with pytest.raises(IdempotencyConflict) as caught:
+                await led.debit("k", "2", key=key)
+            assert str(caught.value) == f"idempotency key {key!r} on account 'k': {detail}"
+
+
+@paths
+@pytest.mark.anyio
+async def test_a_late_trial_sweeps_first_and_counts_only_spendable_credits(
+    ledger_url: str, clock: Clock, fast_path: bool
+) -> None:
+    async with await _ledger(ledger_url, clock, fast_path) as led:
+        await led.open_account("late")
+        await led.grant("late", "1", expires_in=timedelta(seconds=5))
+        later = _dt(clock.now + 30)
+        await led.grant("late", "2", effective_at=later)
+        await led.hold("late", "0.25", timeout=5)
+        clock.advance(6)  # the 1 credit expired, the hold timed out, the 2 are not yet usable
+        _, _, receipt = await led.provision("late", tier="trial", trial_amount="5")
+        assert receipt is not None
+        assert receipt.available == 5
+        assert receipt.entry.balance_after_micros == 7_000_000
+        assert receipt.entry.held_after_micros == 0
+        kinds = [e.kind for e in reversed(await led.history("late"))]
+        assert kinds == ["grant", "grant", "hold", "release", "expire", "grant"]
+        assert (await led.verify()).ok

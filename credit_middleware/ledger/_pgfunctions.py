@@ -170,7 +170,9 @@ END $$;
 # operator keyed so), or a balance that the grant would lift above the cap. None of these can
 # hold for an account this call created, so ``created`` stays exact. ``o_available`` is what
 # the generic receipt says: effective, unexpired remaining minus active holds.
-# The return type changes (o_status, o_available), hence DROP and CREATE, in one transaction.
+# The return type changes (o_status, o_available), hence DROP and CREATE, in one transaction;
+# the old columns keep their meaning, so a process still on the old code that meets a 'slow'
+# answer (it has an account row, no entry) reads "nothing granted" rather than failing.
 PG_PROVISION_V5 = """
 DROP FUNCTION credit_provision(text, text, text, text, bigint, bigint, integer, bigint, bigint,
                                text, text);
@@ -205,8 +207,8 @@ BEGIN
        OR a.balance + p_amount > {max_balance}
        OR EXISTS (SELECT 1 FROM credit_entries
                   WHERE account_id = p_account AND idempotency_key = 'trial') THEN
-        RETURN QUERY SELECT 'slow'::text, v_created, NULL::text, NULL::text, NULL::text,
-                            NULL::bigint;
+        RETURN QUERY SELECT 'slow'::text, v_created, row_to_json(a)::text, NULL::text,
+                            NULL::text, NULL::bigint;
         RETURN;
     END IF;
     INSERT INTO credit_grants (account_id, source, amount, remaining, priority, effective_at,
