@@ -443,6 +443,15 @@ def schemas(pg_database: str | None) -> Iterator[tuple[str, str]]:
 @example(steps=[("provision", "a", TRIAL, None, 0), ("debit", "a", 1, "trial", False)])
 @example(
     steps=[
+        ("provision", "a", TRIAL, 5, 0),
+        ("resolve", "a", "k1", False),
+        ("debit", "a", 1, "k1", False),
+        ("advance", 5),
+        ("debit", "a", 1, "k1", False),
+    ]
+)
+@example(
+    steps=[
         ("provision", "a", TRIAL, None, 0),
         ("debit", "a", 7, "k1", False),
         ("debit", "a", 8, "k1", False),
