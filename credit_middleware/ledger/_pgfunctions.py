@@ -4,7 +4,8 @@ The hot path of every metered request. It runs exactly the generic debit of ``_o
 (lock the account, replay a key, check available, consume grants in order, append the entry
 and its postings) inside the server; when a sweep is due (a grant or hold expired) it answers
 ``slow`` and the caller runs the generic path, which sweeps first. The property tests run
-both paths against the same model.
+both paths against the same model, and ``tests/test_ledger_differential.py`` runs the two
+against each other step by step (receipts, errors and their wording, balances).
 """
 
 from __future__ import annotations
