@@ -522,6 +522,15 @@ def schemas(pg_database: str | None) -> Iterator[tuple[str, str]]:
 @example(steps=[("provision", "a", TRIAL, None, 0), ("debit", "a", 1, "trial", False)])
 @example(
     steps=[
+        ("open", "b", "default"),
+        ("resolve", "b", "trial", False),
+        ("provision", "b", TRIAL, None, 0),
+        ("resolve", "a", "trial", False),
+        ("provision", "a", TRIAL, None, 0),
+    ]
+)
+@example(
+    steps=[
         ("provision", "a", TRIAL, 5, 0),
         ("resolve", "a", "k1", False),
         ("debit", "a", 1, "k1", False),

@@ -168,12 +168,14 @@ END $$;
 # answers ``slow`` for every unusual one, so that the generic path (``Ledger.provision``)
 # decides, with its own errors and wording: a sweep due (an expired grant or timed-out hold
 # must leave the balance first), the key ``trial`` taken by another entry (a debit or hold an
-# operator keyed so), or a balance that the grant would lift above the cap. None of these can
-# hold for an account this call created, so ``created`` stays exact. ``o_available`` is what
-# the generic receipt says: effective, unexpired remaining minus active holds.
+# operator keyed so), or a balance that the grant would lift above the cap; none of these can
+# hold for an account this call created, so ``created`` stays exact. The key ``trial`` fenced
+# as a voided charge id (migration 4) is looked up before anything is written, as a void may
+# name an account that does not exist yet. ``o_available`` is what the generic receipt says:
+# effective, unexpired remaining minus active holds.
 # The return type changes (o_status, o_available), hence DROP and CREATE, in one transaction;
 # the old columns keep their meaning, so a process still on the old code that meets a 'slow'
-# answer (it has an account row, no entry) reads "nothing granted" rather than failing.
+# answer with an account row reads it as "nothing granted".
 PG_PROVISION_V5 = """
 DROP FUNCTION credit_provision(text, text, text, text, bigint, bigint, integer, bigint, bigint,
                                text, text);
@@ -191,6 +193,12 @@ DECLARE
     g record;
     e record;
 BEGIN
+    IF p_amount IS NOT NULL AND EXISTS (
+            SELECT 1 FROM credit_voids WHERE account_id = p_account AND charge_key = 'trial') THEN
+        RETURN QUERY SELECT 'slow'::text, false, NULL::text, NULL::text, NULL::text,
+                            NULL::bigint;
+        RETURN;
+    END IF;
     INSERT INTO credit_accounts (account_id, tier, cohort, metadata, created_at, updated_at)
         VALUES (p_account, p_tier, p_cohort, p_account_meta, p_now, p_now)
         ON CONFLICT (account_id) DO NOTHING;
