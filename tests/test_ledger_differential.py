@@ -500,7 +500,7 @@ def schemas(pg_database: str | None) -> Iterator[tuple[str, str]]:
 
 
 @settings(
-    max_examples=int(os.environ.get("CREDIT_DIFF_EXAMPLES", "80")),
+    max_examples=int(os.environ.get("CREDIT_DIFF_EXAMPLES", "60")),
     deadline=None,
     # the same examples every run, so a CI failure reproduces locally; CREDIT_DIFF_RANDOM=1
     # (with CREDIT_DIFF_EXAMPLES=500, say) explores new ones
