@@ -361,19 +361,10 @@ class Ledger(RequestStore):
                 tier=row["o_tier"],
             )
         if status == "replayed":
-            entry = json.loads(row["o_entry"])
             assert tag.key is not None
-            if entry["kind"] != kind:
-                raise IdempotencyConflict(
-                    account_id, tag.key, f"already used for a {entry['kind']}"
-                )
-            requested = json.loads(entry["metadata"] or "{}").get(
-                "requested_micros", entry["amount"]
-            )
-            if int(requested) != micros:
-                raise IdempotencyConflict(
-                    account_id, tag.key, f"already used for {from_micros(int(requested))} credits"
-                )
+            refusal = key_conflict(account_id, tag.key, json.loads(row["o_entry"]), kind, micros)
+            if refusal is not None:
+                raise refusal
             return
         raise LedgerError(f"unexpected answer {status!r} from the ledger")
 
