@@ -4,10 +4,13 @@ The hot path of every metered request. It runs exactly the generic debit of ``_o
 (lock the account, replay a key, check available, consume grants in order, append the entry
 and its postings) inside the server; when a sweep is due (a grant or hold expired) it answers
 ``slow`` and the caller runs the generic path, which sweeps first. The property tests run
-both paths against the same model.
+both paths against the same model, and ``tests/test_ledger_differential.py`` runs the two
+against each other step by step (receipts, errors and their wording, balances).
 """
 
 from __future__ import annotations
+
+from ..money import MAX_BALANCE_MICROS
 
 PG_FUNCTIONS = """
 CREATE OR REPLACE FUNCTION credit_debit(
@@ -159,3 +162,89 @@ BEGIN
     END LOOP;
 END $$;
 """
+
+# Migration 5: provisioning that never decides a case the generic path would decide otherwise.
+# It handles the two common cases in one round trip (open + trial grant; nothing to do) and
+# answers ``slow`` for every unusual one, so that the generic path (``Ledger.provision``)
+# decides, with its own errors and wording: a sweep due (an expired grant or timed-out hold
+# must leave the balance first), the key ``trial`` taken by another entry (a debit or hold an
+# operator keyed so), or a balance that the grant would lift above the cap; none of these can
+# hold for an account this call created, so ``created`` stays exact. The key ``trial`` fenced
+# as a voided charge id (migration 4) is looked up before anything is written, as a void may
+# name an account that does not exist yet. ``o_available`` is what the generic receipt says:
+# effective, unexpired remaining minus active holds.
+# The return type changes (o_status, o_available), hence DROP and CREATE, in one transaction;
+# the old columns keep their meaning, so a process still on the old code that meets a 'slow'
+# answer with an account row reads it as "nothing granted".
+PG_PROVISION_V5 = """
+DROP FUNCTION credit_provision(text, text, text, text, bigint, bigint, integer, bigint, bigint,
+                               text, text);
+CREATE FUNCTION credit_provision(
+    p_account text, p_tier text, p_cohort text, p_account_meta text, p_now bigint,
+    p_amount bigint, p_priority integer, p_effective bigint, p_expires bigint,
+    p_layer text, p_grant_meta text)
+RETURNS TABLE (o_status text, o_created boolean, o_account text, o_entry text, o_grant text,
+               o_available bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_created boolean;
+    v_available bigint;
+    a record;
+    g record;
+    e record;
+BEGIN
+    IF p_amount IS NOT NULL AND EXISTS (
+            SELECT 1 FROM credit_voids WHERE account_id = p_account AND charge_key = 'trial') THEN
+        RETURN QUERY SELECT 'slow'::text, false, NULL::text, NULL::text, NULL::text,
+                            NULL::bigint;
+        RETURN;
+    END IF;
+    INSERT INTO credit_accounts (account_id, tier, cohort, metadata, created_at, updated_at)
+        VALUES (p_account, p_tier, p_cohort, p_account_meta, p_now, p_now)
+        ON CONFLICT (account_id) DO NOTHING;
+    v_created := FOUND;
+    SELECT * INTO a FROM credit_accounts WHERE account_id = p_account FOR UPDATE;
+    IF p_amount IS NULL
+       OR EXISTS (SELECT 1 FROM credit_grants WHERE account_id = p_account AND source = 'trial')
+       OR EXISTS (SELECT 1 FROM credit_grants
+                  WHERE account_id = p_account AND idempotency_key = 'trial') THEN
+        RETURN QUERY SELECT 'skipped'::text, v_created, row_to_json(a)::text, NULL::text,
+                            NULL::text, NULL::bigint;
+        RETURN;
+    END IF;
+    IF (a.sweep_at IS NOT NULL AND a.sweep_at <= p_now)
+       OR a.balance + p_amount > {max_balance}
+       OR EXISTS (SELECT 1 FROM credit_entries
+                  WHERE account_id = p_account AND idempotency_key = 'trial') THEN
+        RETURN QUERY SELECT 'slow'::text, v_created, row_to_json(a)::text, NULL::text,
+                            NULL::text, NULL::bigint;
+        RETURN;
+    END IF;
+    INSERT INTO credit_grants (account_id, source, amount, remaining, priority, effective_at,
+                               expires_at, idempotency_key, layer, metadata, created_at)
+        VALUES (p_account, 'trial', p_amount, p_amount, p_priority, p_effective, p_expires,
+                'trial', p_layer, p_grant_meta, p_now)
+        RETURNING * INTO g;
+    INSERT INTO credit_entries (account_id, kind, amount, delta, held_delta, balance_after,
+                                held_after, grant_id, idempotency_key, layer, metadata,
+                                created_at)
+        VALUES (p_account, 'grant', p_amount, p_amount, 0, a.balance + p_amount, a.held,
+                g.grant_id, 'trial', p_layer, p_grant_meta, p_now)
+        RETURNING * INTO e;
+    INSERT INTO credit_postings (entry_id, grant_id, amount)
+        VALUES (e.entry_id, g.grant_id, p_amount);
+    UPDATE credit_accounts SET
+            balance = balance + p_amount,
+            sweep_at = CASE
+                WHEN p_expires IS NULL THEN sweep_at
+                WHEN sweep_at IS NULL OR p_expires < sweep_at THEN p_expires
+                ELSE sweep_at END,
+            updated_at = p_now
+        WHERE account_id = p_account
+        RETURNING * INTO a;
+    SELECT COALESCE(SUM(remaining), 0) - a.held INTO v_available FROM credit_grants
+        WHERE account_id = p_account AND remaining > 0 AND effective_at <= p_now;
+    RETURN QUERY SELECT 'granted'::text, v_created, row_to_json(a)::text, row_to_json(e)::text,
+                        row_to_json(g)::text, v_available;
+END $$;
+""".replace("{max_balance}", str(MAX_BALANCE_MICROS))

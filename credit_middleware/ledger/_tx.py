@@ -180,14 +180,25 @@ async def keyed(ctx: Ctx, key: str | None, kind: str, amount: int | None) -> Row
         if await ctx.conn.fetchrow(_VOIDED, ctx.account_id, key) is not None:
             raise ChargeVoided(ctx.account_id, key)
         return None
+    refusal = key_conflict(ctx.account_id, key, row, kind, amount)
+    if refusal is not None:
+        raise refusal
+    return row
+
+
+def key_conflict(
+    account_id: str, key: str, row: Row, kind: str, amount: int | None
+) -> IdempotencyConflict | None:
+    """Why the entry ``row`` that ``key`` produced is not a replay of this request, if it is
+    not. The one rule (and wording) for every path, the server-side functions' included."""
     if row["kind"] != kind:
-        raise IdempotencyConflict(ctx.account_id, key, f"already used for a {row['kind']}")
+        return IdempotencyConflict(account_id, key, f"already used for a {row['kind']}")
     requested = json.loads(row["metadata"] or "{}").get("requested_micros", row["amount"])
     if amount is not None and int(requested) != amount:
-        raise IdempotencyConflict(
-            ctx.account_id, key, f"already used for {from_micros(int(requested))} credits"
+        return IdempotencyConflict(
+            account_id, key, f"already used for {from_micros(int(requested))} credits"
         )
-    return row
+    return None
 
 
 async def live_grants(ctx: Ctx) -> tuple[list[Row], int]:

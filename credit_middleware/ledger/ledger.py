@@ -28,7 +28,18 @@ from ._batch import DebitBatcher, DebitItem
 from ._executor import AsyncpgExecutor, Conn, Executor, SqliteExecutor
 from ._search import RouteUsage, check_query
 from ._tiers import Purchase, TierChange, change_tier, check_reason, check_tier, keyed_event
-from ._tx import ACCOUNT_COLS, ENTRY_COLS, GRANT_COLS, HOLD_COLS, Tag, dumps, lock, save, sweep
+from ._tx import (
+    ACCOUNT_COLS,
+    ENTRY_COLS,
+    GRANT_COLS,
+    HOLD_COLS,
+    Tag,
+    dumps,
+    key_conflict,
+    lock,
+    save,
+    sweep,
+)
 from .contract import RequestStore
 from .models import Account, Balance, Entry, Grant, Hold, Receipt, VerifyReport, dt_to_us
 from .schema import VERSION_TABLE, current_version, migrate, migrations
@@ -265,12 +276,13 @@ class Ledger(RequestStore):
                 available=from_micros(max(0, available)),
                 tier=row["o_tier"],
             )
-        entry = Entry.from_row(json.loads(row["o_entry"]))
-        if status == "replayed" and (entry.kind != "debit" or entry.amount_micros != micros):
+        raw = json.loads(row["o_entry"])
+        if status == "replayed":
             assert tag.key is not None
-            raise IdempotencyConflict(
-                account_id, tag.key, f"already used for a {entry.kind} of {entry.amount}"
-            )
+            refusal = key_conflict(account_id, tag.key, raw, "debit", micros)
+            if refusal is not None:
+                raise refusal
+        entry = Entry.from_row(raw)
         return Receipt(entry=entry, replayed=status == "replayed", available_micros=available)
 
     async def hold(
@@ -349,19 +361,10 @@ class Ledger(RequestStore):
                 tier=row["o_tier"],
             )
         if status == "replayed":
-            entry = json.loads(row["o_entry"])
             assert tag.key is not None
-            if entry["kind"] != kind:
-                raise IdempotencyConflict(
-                    account_id, tag.key, f"already used for a {entry['kind']}"
-                )
-            requested = json.loads(entry["metadata"] or "{}").get(
-                "requested_micros", entry["amount"]
-            )
-            if int(requested) != micros:
-                raise IdempotencyConflict(
-                    account_id, tag.key, f"already used for {from_micros(int(requested))} credits"
-                )
+            refusal = key_conflict(account_id, tag.key, json.loads(row["o_entry"]), kind, micros)
+            if refusal is not None:
+                raise refusal
             return
         raise LedgerError(f"unexpected answer {status!r} from the ledger")
 
@@ -600,7 +603,7 @@ class Ledger(RequestStore):
         # 402 to a brand-new user.
         starts = now - _TRIAL_BACKDATE_US
         if self._fast_path and self._x.dialect == "postgresql":
-            return await self._fast_provision(
+            fast = await self._fast_provision(
                 account_id,
                 tier,
                 cohort,
@@ -612,6 +615,8 @@ class Ledger(RequestStore):
                 ends,
                 tag,
             )
+            if fast is not None:
+                return fast
         receipt: Receipt | None = None
         async with self._tx() as conn:
             _, created = await _ops.open_account(
@@ -645,8 +650,9 @@ class Ledger(RequestStore):
         starts: int,
         ends: int | None,
         tag: Tag,
-    ) -> tuple[Account, bool, Receipt | None]:
-        """One round trip to ``credit_provision()`` (PostgreSQL)."""
+    ) -> tuple[Account, bool, Receipt | None] | None:
+        """One round trip to ``credit_provision()`` (PostgreSQL); None when the generic path
+        must decide (a sweep is due, the key ``trial`` is taken, or the balance cap is near)."""
         async with self._guarded_read() as conn:
             row = await conn.fetchrow(
                 "SELECT * FROM credit_provision($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
@@ -663,13 +669,15 @@ class Ledger(RequestStore):
                 dumps(tag.metadata),
             )
         assert row is not None
+        if row["o_status"] == "slow":
+            return None
         account = Account.from_row(json.loads(row["o_account"]))
         receipt = None
-        if row["o_entry"] is not None:
+        if row["o_status"] == "granted":
             receipt = Receipt(
                 entry=Entry.from_row(json.loads(row["o_entry"])),
                 replayed=False,
-                available_micros=account.balance_micros - account.held_micros,
+                available_micros=int(row["o_available"]),
                 grant=Grant.from_row(json.loads(row["o_grant"])),
             )
         return account, bool(row["o_created"]), receipt

@@ -10,7 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ._executor import Conn, Dialect, Executor
-from ._pgfunctions import PG_DEBIT_MANY, PG_DEBIT_VOIDS, PG_FUNCTIONS, PG_PROVISION
+from ._pgfunctions import (
+    PG_DEBIT_MANY,
+    PG_DEBIT_VOIDS,
+    PG_FUNCTIONS,
+    PG_PROVISION,
+    PG_PROVISION_V5,
+)
 from ._pgholds import PG_HOLDS
 
 VERSION_TABLE = "credit_schema_version"
@@ -228,6 +234,7 @@ def migrations(dialect: Dialect) -> Sequence[tuple[int, str, str]]:
             (2, "server-side debit", PG_FUNCTIONS),
             (3, "server-side provisioning", PG_PROVISION),
             (4, "idempotent requests and charge voids", _requests(dialect) + PG_DEBIT_VOIDS),
+            (5, "provisioning: unusual cases to the generic path", PG_PROVISION_V5),
             (6, "account events (tier audit)", _events(dialect)),
             (7, "group commit; server-side hold and capture", PG_DEBIT_MANY + PG_HOLDS),
         ]
