@@ -205,3 +205,20 @@ async def test_an_internal_client_error_counts_as_unavailable() -> None:
     with pytest.raises(BackendUnavailable, match="pool torn down"):
         async with executor.read():
             pass
+
+
+@pytest.mark.parametrize("first", ["1", "-1"])
+async def test_an_adjustment_key_reused_the_other_way_is_a_conflict(
+    ledger: Ledger, first: str
+) -> None:
+    from credit_middleware.errors import IdempotencyConflict
+
+    aid = await funded(ledger)
+    await ledger.adjust(aid, first, key="adj", reason="correction")
+    before = await available(ledger, aid)
+    other = "-1" if first == "1" else "1"
+    with pytest.raises(IdempotencyConflict, match="already used for"):
+        await ledger.adjust(aid, other, key="adj", reason="correction")
+    again = await ledger.adjust(aid, first, key="adj", reason="correction")
+    assert again.replayed
+    assert await available(ledger, aid) == before

@@ -108,11 +108,12 @@ async def grant(
         spec.key,
     )
     if existing is not None:
-        prior = await keyed(ctx, spec.key, kind, spec.amount)
+        prior = await keyed(ctx, spec.key, kind, spec.amount, 1 if kind == "adjust" else 0)
         if prior is None or existing["source"] != spec.source:
             raise LedgerError(f"grant key {spec.key!r} was used for a {existing['source']} grant")
         return Outcome(prior, True, await _available(ctx), grant=existing)
-    await keyed(ctx, spec.key, kind, spec.amount)  # the key must not name another operation
+    # the key must not name another operation
+    await keyed(ctx, spec.key, kind, spec.amount, 1 if kind == "adjust" else 0)
     await sweep(ctx)
     if ctx.balance + spec.amount > MAX_BALANCE_MICROS:
         raise InvalidAmount(f"a balance above {from_micros(MAX_BALANCE_MICROS)} credits")
@@ -157,7 +158,7 @@ async def debit(
     conn: Conn, now: int, account_id: str, amount: int, tag: Tag, *, kind: str = "debit"
 ) -> Outcome:
     ctx = await lock(conn, account_id, now)
-    prior = await keyed(ctx, tag.key, kind, amount)
+    prior = await keyed(ctx, tag.key, kind, amount, -1 if kind == "adjust" else 0)
     if prior is not None:
         return Outcome(prior, True, await _available(ctx))
     await sweep(ctx)

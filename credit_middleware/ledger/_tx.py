@@ -171,8 +171,11 @@ async def save(ctx: Ctx) -> None:
     )
 
 
-async def keyed(ctx: Ctx, key: str | None, kind: str, amount: int | None) -> Row | None:
-    """The entry an idempotency key already produced, if it matches this request."""
+async def keyed(
+    ctx: Ctx, key: str | None, kind: str, amount: int | None, sign: int = 0
+) -> Row | None:
+    """The entry an idempotency key already produced, if it matches this request (``sign``:
+    the direction an ``adjust`` moves the balance, +1 or -1)."""
     if key is None:
         return None
     row = await ctx.conn.fetchrow(_KEYED_ENTRY, ctx.account_id, key)
@@ -180,19 +183,22 @@ async def keyed(ctx: Ctx, key: str | None, kind: str, amount: int | None) -> Row
         if await ctx.conn.fetchrow(_VOIDED, ctx.account_id, key) is not None:
             raise ChargeVoided(ctx.account_id, key)
         return None
-    refusal = key_conflict(ctx.account_id, key, row, kind, amount)
+    refusal = key_conflict(ctx.account_id, key, row, kind, amount, sign)
     if refusal is not None:
         raise refusal
     return row
 
 
 def key_conflict(
-    account_id: str, key: str, row: Row, kind: str, amount: int | None
+    account_id: str, key: str, row: Row, kind: str, amount: int | None, sign: int = 0
 ) -> IdempotencyConflict | None:
     """Why the entry ``row`` that ``key`` produced is not a replay of this request, if it is
     not. The one rule (and wording) for every path, the server-side functions' included."""
     if row["kind"] != kind:
         return IdempotencyConflict(account_id, key, f"already used for a {row['kind']}")
+    if sign and (int(row["delta"]) > 0) != (sign > 0):
+        direction = "an increase" if int(row["delta"]) > 0 else "a decrease"
+        return IdempotencyConflict(account_id, key, f"already used for {direction}")
     requested = json.loads(row["metadata"] or "{}").get("requested_micros", row["amount"])
     if amount is not None and int(requested) != amount:
         return IdempotencyConflict(
