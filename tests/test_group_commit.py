@@ -81,12 +81,15 @@ async def test_a_failing_item_does_not_take_the_batch_down(pg: Ledger) -> None:
 
 
 async def test_one_accounts_debits_keep_their_order(pg: Ledger) -> None:
-    await fund(pg, ["seq"], "10")
-    await asyncio.gather(
-        *(pg.debit("seq", "0.01", key=f"s{i}", metadata={"n": i}) for i in range(80))
-    )
-    entries = [e for e in reversed(await pg.history("seq", limit=200)) if e.kind == "debit"]
-    assert [e.metadata["n"] for e in entries] == list(range(80))
+    await fund(pg, ["seq", "other"], "100")
+    for round_ in range(4):  # two batches in flight never hold the same account's debits
+        ops = []
+        for i in range(150):
+            ops.append(pg.debit("seq", "0.01", key=f"s{round_}-{i}", metadata={"n": i}))
+            ops.append(pg.debit("other", "0.01", key=f"o{round_}-{i}"))
+        await asyncio.gather(*ops)
+        entries = [e for e in reversed(await pg.history("seq", limit=200)) if e.kind == "debit"]
+        assert [e.metadata["n"] for e in entries[-150:]] == list(range(150))
 
 
 async def test_two_processes_batching_over_the_same_accounts_never_deadlock(

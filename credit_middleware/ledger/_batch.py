@@ -50,29 +50,59 @@ class DebitBatcher:
         self._max_inflight = max_inflight
         self._queue: list[tuple[DebitItem, asyncio.Future[Row]]] = []
         self._inflight = 0
+        self._busy: dict[str, int] = {}  # accounts with a debit on its way -> how many
         self._tasks: set[asyncio.Task[None]] = set()
         #: batches sent and debits in them (for benchmarks and tests)
         self.batches = 0
         self.items = 0
 
     async def debit(self, item: DebitItem) -> Row:
-        if not self._queue and self._inflight < self._max_inflight:
+        aid = item.account_id
+        if not self._queue and self._inflight < self._max_inflight and aid not in self._busy:
             # nothing to group with: send it now, from the caller's own task
             self._inflight += 1
+            self._busy[aid] = 1
             self.batches += 1
             self.items += 1
             try:
                 return await self._one(item)
             finally:
                 self._inflight -= 1
+                self._release([aid])
                 self._kick()
         future: asyncio.Future[Row] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
         self._kick()
         return await future
 
+    def _take(self) -> list[tuple[DebitItem, asyncio.Future[Row]]]:
+        """The next batch, in arrival order, leaving queued the debits of accounts that have
+        one on its way: a later batch could commit before it and reorder them."""
+        batch: list[tuple[DebitItem, asyncio.Future[Row]]] = []
+        left: list[tuple[DebitItem, asyncio.Future[Row]]] = []
+        for queued in self._queue:
+            if len(batch) < self._max_batch and queued[0].account_id not in self._busy:
+                batch.append(queued)
+            else:
+                left.append(queued)
+        self._queue = left
+        for item, _ in batch:
+            self._busy[item.account_id] = self._busy.get(item.account_id, 0) + 1
+        return batch
+
+    def _release(self, accounts: list[str]) -> None:
+        for aid in accounts:
+            n = self._busy.get(aid, 0) - 1
+            if n > 0:
+                self._busy[aid] = n
+            else:
+                self._busy.pop(aid, None)
+
     def _kick(self) -> None:
-        while self._queue and self._inflight < self._max_inflight:
+        # a new batch only if one could start: some queued debit's account is free
+        if self._inflight < self._max_inflight and any(
+            item.account_id not in self._busy for item, _ in self._queue
+        ):
             self._inflight += 1
             task = asyncio.get_running_loop().create_task(self._drain())
             self._tasks.add(task)
@@ -80,12 +110,14 @@ class DebitBatcher:
 
     async def _drain(self) -> None:
         try:
-            while self._queue:
-                batch = self._queue[: self._max_batch]
-                del self._queue[: self._max_batch]
-                await self._send(batch)
+            while batch := self._take():
+                try:
+                    await self._send(batch)
+                finally:
+                    self._release([item.account_id for item, _ in batch])
         finally:
             self._inflight -= 1
+            self._kick()
 
     async def _send(self, batch: list[tuple[DebitItem, asyncio.Future[Row]]]) -> None:
         self.batches += 1
