@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from ._redis import close_redis, redis_from_url
+# What an application needs is in __all__; the other names stay importable from here (they
+# were public before) but live in their modules (credit_middleware.locks, ...).
+from ._redis import close_redis, redis_from_url  # noqa: F401
 from .abuse import IP_TRIAL_LIMIT, TrialIpCap
+from .credits import Credits
 from .errors import (
     AccountNotFound,
     BackendUnavailable,
@@ -21,7 +24,7 @@ from .errors import (
     RateLimited,
 )
 from .events import Observer
-from .identity import (
+from .identity import (  # noqa: F401
     ApiKeyResolver,
     ChainResolver,
     HeaderResolver,
@@ -32,14 +35,14 @@ from .identity import (
 )
 from .jwt_auth import JWTResolver
 from .ledger import Account, Balance, Entry, Grant, Hold, Ledger, Receipt, VerifyReport
-from .locks import LocalLocks, RedisLocks
+from .locks import LocalLocks, RedisLocks  # noqa: F401
 from .middleware import FINAL_COST_STATE, CreditMiddleware
-from .policy import TrialDecision, TrialPolicy
-from .pricing import PricedRoute, Pricing
+from .policy import TrialDecision, TrialPolicy  # noqa: F401
+from .pricing import DEFAULT_EXEMPT, PricedRoute, Pricing, priced
 from .provisioning import Provisioner, ProvisionResult
-from .ratelimit import RateLimiter
-from .report import Report, build_report, render_text
-from .signup import SignupProvisioning, provision, provision_credits
+from .ratelimit import RateLimiter  # noqa: F401
+from .report import Report, build_report, render_text  # noqa: F401
+from .signup import SignupProvisioning, provision, provision_credits  # noqa: F401
 
 __version__ = "0.1.0"
 
@@ -47,20 +50,19 @@ __version__ = "0.1.0"
 logging.getLogger("credit_middleware").addHandler(logging.NullHandler())
 
 __all__ = [
+    "DEFAULT_EXEMPT",
     "FINAL_COST_STATE",
     "IP_TRIAL_LIMIT",
     "Account",
     "AccountNotFound",
-    "ApiKeyResolver",
     "BackendUnavailable",
     "Balance",
-    "ChainResolver",
     "ConfigurationError",
     "CreditError",
     "CreditMiddleware",
+    "Credits",
     "Entry",
     "Grant",
-    "HeaderResolver",
     "Hold",
     "HoldNotActive",
     "HoldNotFound",
@@ -73,28 +75,16 @@ __all__ = [
     "JWTResolver",
     "Ledger",
     "LedgerError",
-    "LocalLocks",
     "Observer",
     "PricedRoute",
     "Pricing",
     "ProvisionResult",
     "Provisioner",
     "RateLimited",
-    "RateLimiter",
     "Receipt",
-    "RedisLocks",
-    "Report",
-    "ScopeUserResolver",
-    "SignupProvisioning",
-    "TrialDecision",
     "TrialIpCap",
     "TrialPolicy",
-    "TrustedProxies",
     "VerifyReport",
-    "build_report",
-    "close_redis",
-    "provision",
+    "priced",
     "provision_credits",
-    "redis_from_url",
-    "render_text",
 ]
