@@ -180,6 +180,8 @@ class Credits:
                 "rate_limiter= is already configured: give tiers, default_limits, strategy and"
                 " on_redis_error to RateLimiter(...), or drop rate_limiter="
             )
+        #: The tiers rate limits are configured for (what an operator may choose).
+        self.tier_names = tuple(DEFAULT_TIERS if tiers is None else tiers)
         self.limiter = rate_limiter or RateLimiter(
             tiers=DEFAULT_TIERS if tiers is None else tiers,
             default=default_limits,
@@ -367,8 +369,9 @@ class Credits:
         return await self.signup.provision(ident)
 
     def admin(self, **options: Any) -> Any:
-        """The admin app on this ledger (``authorize=`` required), marked so that mounting
-        it anywhere exempts it from billing: ``app.mount("/admin", credits.admin(...))``."""
+        """The admin app on this ledger (``token=`` or ``authorize=``, as ``admin_app``; its
+        tier choices are this configuration's tiers), exempt from billing wherever it is
+        mounted: ``app.mount("/admin", credits.admin(token=ADMIN_TOKEN))``."""
         from .admin import admin_app
 
         refusals = (

@@ -1,10 +1,10 @@
 """What a request costs: exempt, a fixed price, a computed price, held then captured, or billed
 by the handler itself. Patterns are compiled once; the first matching route wins.
 
-Metering is opt-in as soon as you say what to meter: ``Pricing(meter="/v1/*")``, any priced
-``routes``, or a route decorated with :func:`priced` make every other path exempt (no
-credential needed, nothing billed). A ``Pricing()`` that names nothing meters every path but
-the built-in exempt list (health, docs, metrics, signup and auth routes, webhooks).
+``Pricing(meter="/v1/*")`` meters only the paths it names (plus priced ``routes`` and routes
+decorated with :func:`priced`): every other path passes through, no credential needed, nothing
+billed. Without ``meter`` every path is metered at ``default_cost`` but the built-in exempt
+list (health, docs, metrics, signup and auth routes, webhooks) and exempt routes.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ DEFAULT_EXEMPT: tuple[str, ...] = (
 #: The attribute :func:`priced` sets on an endpoint, and an ASGI app sets to be exempt when
 #: mounted (the admin app does).
 PRICE_ATTRIBUTE = "__credit_price__"
-EXEMPT_ATTRIBUTE = "credit_exempt"
+EXEMPT_ATTRIBUTE = "billing_exempt"
 
 
 @dataclass(frozen=True)
@@ -162,9 +162,9 @@ class Pricing:
 
     ``meter``: patterns billed ``default_cost`` (0.001) a call; ``routes``: prices per route;
     ``exempt``: more paths never metered (added to ``default_exempt``, the built-in list).
-    ``default_mode`` decides the paths nothing lists: ``None`` (the default) exempts them as
-    soon as anything is metered by name, and meters them (``"fixed"``) otherwise; give
-    ``"fixed"`` to meter every path, ``"exempt"`` to meter only what is listed.
+    ``default_mode`` decides the paths nothing lists: ``None`` (the default) exempts them when
+    ``meter`` names what is metered, and meters them (``"fixed"``) otherwise; ``"exempt"``
+    meters only what is listed, ``"fixed"`` every path.
 
     A HEAD request is priced as the GET of the same path unless ``head_as_get=False`` (then a
     route must list ``HEAD`` in its methods to match it).
@@ -220,8 +220,7 @@ class Pricing:
         """What a path nothing lists gets (see the class docstring)."""
         if self._default_mode is not None:
             return self._default_mode
-        named = self._metered or any(p.mode != "exempt" for _, _, p in self._routes)
-        return "exempt" if named else "fixed"
+        return "exempt" if self._metered else "fixed"
 
     def price(self, scope: Scope) -> Price | None:
         """The request's price, or None when it is exempt."""
@@ -247,7 +246,7 @@ class Pricing:
 
     def discover(self, app: Any) -> None:
         """Read the prices declared on an app's routes (:func:`priced`), exempt mounts of apps
-        marked ``credit_exempt`` (the admin app), and document priced FastAPI routes.
+        marked ``billing_exempt`` (the admin app), and document priced FastAPI routes.
 
         Called once per app, with the first request (or lifespan) that names it."""
         self._seen.add(id(app))

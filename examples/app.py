@@ -5,7 +5,8 @@ the edge): ``CREDIT_DATABASE_URL`` (default ``sqlite:///./credits.db``), ``CREDI
 (default none: in-memory limits), ``CREDIT_JWT_SECRET``, ``CREDIT_TRIAL_AMOUNT`` (5.0),
 ``CREDIT_CALL_COST`` (0.001), ``CREDIT_RATE_LIMIT`` (``60/minute;1000/day``) and
 ``CREDIT_ADMIN_TOKEN`` (unset: no admin routes; set: the admin API and dashboard at ``/admin``,
-guarded by that bearer token). Prometheus metrics are served at ``/metrics``.
+guarded by that token: a bearer token for scripts, the sign-in password for people).
+Prometheus metrics are served at ``/metrics``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ from credit_middleware import (
     TrialPolicy,
     provision_credits,
 )
-from credit_middleware.admin import bearer_token_guard
 from credit_middleware.errors import AccountNotFound
 from credit_middleware.metrics import PrometheusObserver, metrics_app
 from credit_middleware.problems import ledger_down
@@ -205,9 +205,7 @@ def create_app(**overrides: Any) -> Starlette:
         Route("/metrics", metrics_app(services.observer)),
     ]
     if settings.admin_token:  # exempt from billing wherever it is mounted; its own guard
-        routes.append(
-            Mount("/admin", credits.admin(authorize=bearer_token_guard(settings.admin_token)))
-        )
+        routes.append(Mount("/admin", credits.admin(token=settings.admin_token)))
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.services = services
     app.add_middleware(CreditMiddleware, credits=credits)

@@ -28,7 +28,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 from sqlalchemy.orm import DeclarativeBase
 
 from credit_middleware import CreditMiddleware, Credits  # credits
-from credit_middleware.admin import bearer_token_guard  # credits
 
 log = logging.getLogger("examples.fastapi_users_app")
 DEV_SECRET = "dev-only-secret-change-me-0123456789abcdef"  # noqa: S105 - the dev default
@@ -143,8 +142,7 @@ def create_app(*, environ: Mapping[str, str] | None = None) -> FastAPI:
         return {"msg": msg, "balance": str(request.state.credit_balance)}
 
     if env.get("CREDIT_ADMIN_TOKEN"):  # credits
-        guard = bearer_token_guard(env["CREDIT_ADMIN_TOKEN"])  # credits
-        app.mount("/admin", credits.admin(authorize=guard))  # credits
+        app.mount("/admin", credits.admin(token=env["CREDIT_ADMIN_TOKEN"]))  # credits
     app.add_middleware(CreditMiddleware, credits=credits)  # credits
     return app
 

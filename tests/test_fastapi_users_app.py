@@ -123,16 +123,13 @@ async def _journey(c: httpx.AsyncClient, app: Any, ledger: Ledger) -> None:
     assert (await c.get("/v1/echo")).status_code == 401
     assert (await ledger.balance(user_id)).available == Decimal(0)
 
-    # a paying customer: credits and a tier upgrade lift the limit
-    await ledger.grant(user_id, Decimal(1), source="purchase", key="order-1")
-    set_tier = getattr(ledger, "set_tier", None)
-    if set_tier is None:  # TODO(admin helper): Ledger.set_tier lands with issue 12's tiers
-        return
-    await set_tier(user_id, "pro")
-    middleware_of(app)._tiers.clear()  # the documented bound (TIER_TTL), without waiting it out
+    # a paying customer: one purchase grants credits and upgrades the tier, lifting the limit
+    await ledger.purchase(user_id, "1", tier="pro", key="order-1")
+    middleware_of(app)._tiers.clear()  # as after TIER_TTL (the documented bound), unwaited
     r = await c.get("/v1/echo", headers=auth)
     assert r.status_code == 200, r.text
     assert r.headers["ratelimit-policy"].startswith('"100-per-minute"')
+    assert r.headers["credit-balance"] == "0.999"
 
 
 def test_the_adoption_is_at_most_15_lines() -> None:

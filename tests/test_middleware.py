@@ -116,8 +116,7 @@ async def test_route_limits_and_modes(ledger: Ledger) -> None:
 
 
 async def test_server_errors_are_not_billed(ledger: Ledger) -> None:
-    # unlisted paths are metered too (by default, naming a route meters only what is named)
-    pricing = Pricing(routes=[Route("/v1/llm", mode="hold", cost="0.01")], default_mode="fixed")
+    pricing = Pricing(routes=[Route("/v1/llm", mode="hold", cost="0.01")])
     async with client(app_for(ledger, pricing=pricing)) as c:
         await c.get("/v1/echo", headers=bearer("e"))
         r = await c.get("/v1/boom", headers=bearer("e"))
@@ -129,7 +128,7 @@ async def test_server_errors_are_not_billed(ledger: Ledger) -> None:
 
 async def test_held_route_failing_releases_its_hold(ledger: Ledger) -> None:
     rec = Recorder()
-    pricing = Pricing(routes=[Route("/v1/boom", mode="hold", cost="0.5")], default_mode="fixed")
+    pricing = Pricing(routes=[Route("/v1/boom", mode="hold", cost="0.5")])
     async with client(app_for(ledger, pricing=pricing, observer=rec)) as c:
         r = await c.get("/v1/boom", headers=bearer("h"))
     assert r.status_code == 503

@@ -1,6 +1,6 @@
-"""Pricing: opt-in metering once anything is named, an exempt list that is extended (not
-replaced), default_mode="exempt" that needs no credential, @priced routes read from the app,
-exempt mounts, and the refusals documented in OpenAPI for priced FastAPI routes."""
+"""Pricing: meter= meters only what it names, an exempt list that is extended (not replaced),
+default_mode="exempt" that needs no credential, @priced routes read from the app, exempt
+mounts, and the refusals documented in OpenAPI for priced FastAPI routes."""
 
 from __future__ import annotations
 
@@ -41,21 +41,22 @@ def test_nothing_named_meters_everything_but_the_exempt_list() -> None:
         assert p.price(scope(path)) is None, path
 
 
-def test_naming_what_to_meter_exempts_the_rest() -> None:
-    p = Pricing(meter="/v1/*")
+def test_meter_names_what_is_metered_and_exempts_the_rest() -> None:
+    p = Pricing(meter="/v1/*", routes=[PricedRoute("/v2/chat", cost="0.01")])
     assert p.default_mode == "exempt"
     price = p.price(scope("/v1/echo"))
     assert price is not None and price.micros == 1000
+    chat = p.price(scope("/v2/chat"))
+    assert chat is not None and chat.micros == 10_000  # routes price beside the meter
     assert p.price(scope("/users/me")) is None
-    routes = Pricing(routes=[PricedRoute("/v1/chat", cost="0.01")])
-    assert routes.price(scope("/v1/chat")) is not None
-    assert routes.price(scope("/elsewhere")) is None
-    only_exemptions = Pricing(routes=[PricedRoute("/internal/*", mode="exempt")])
-    assert only_exemptions.default_mode == "fixed"  # exemptions alone say nothing is metered
-    assert only_exemptions.price(scope("/internal/x")) is None
-    assert only_exemptions.price(scope("/v1/echo")) is not None
-    explicit = Pricing(routes=[PricedRoute("/v1/chat")], default_mode="fixed")
-    assert explicit.price(scope("/elsewhere")) is not None
+    assert Pricing(meter=["/a/*", "/b"]).price(scope("/b")) is not None
+    routes = Pricing(default_cost="0.25", routes=[PricedRoute("/v1/chat", cost="1")])
+    assert routes.default_mode == "fixed"  # per-route prices next to a default for the rest
+    unlisted = routes.price(scope("/elsewhere"))
+    assert unlisted is not None and unlisted.micros == 250_000
+    only = Pricing(routes=[PricedRoute("/v1/chat")], default_mode="exempt")
+    assert only.price(scope("/elsewhere")) is None
+    assert Pricing(meter="/v1/*", default_mode="fixed").price(scope("/x")) is not None
 
 
 def test_exempt_adds_to_the_built_in_list_and_replacing_is_explicit() -> None:
@@ -101,13 +102,28 @@ async def test_priced_decorator_is_read_from_the_app(ledger: Ledger) -> None:
     async def free(request: Request) -> PlainTextResponse:
         return PlainTextResponse("free")
 
-    app = Starlette(routes=[Route("/paid/{item}", paid), Route("/free", free)])
-    app.add_middleware(CreditMiddleware, provisioner=Provisioner(ledger), jwt_secret=SECRET)
+    @priced(mode="exempt")
+    async def public(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("public")
+
+    app = Starlette(
+        routes=[
+            Route("/paid/{item}", paid),
+            Route("/free", free),
+            Route("/v1/public", public),
+            Route("/v1/other", free),
+        ]
+    )
+    app.add_middleware(
+        CreditMiddleware, provisioner=Provisioner(ledger), jwt_secret=SECRET, meter="/v1/*"
+    )
     async with client(app) as c:
         r = await c.get("/paid/7", headers=bearer("dec"))
         assert r.status_code == 200, r.text
-        assert r.headers["credit-cost"] == "0.01"
-        assert (await c.get("/free")).status_code == 200  # a priced route makes it opt-in
+        assert r.headers["credit-cost"] == "0.01"  # priced by its decorator, outside meter=
+        assert (await c.get("/free")).status_code == 200  # neither metered nor priced
+        assert (await c.get("/v1/public")).status_code == 200  # exempt by its decorator
+        assert (await c.get("/v1/other")).status_code == 401  # metered by meter=
         assert (await c.get("/paid/8")).status_code == 401
     assert await balance(ledger, "dec") == Decimal("4.99")
 
@@ -124,7 +140,7 @@ async def test_an_app_marked_exempt_is_exempt_wherever_it_is_mounted(ledger: Led
         return PlainTextResponse("admin page")
 
     admin = Starlette(routes=[Route("/", inner), Route("/x", inner)])
-    admin.credit_exempt = True  # type: ignore[attr-defined]  # what Credits.admin() sets
+    admin.billing_exempt = True  # type: ignore[attr-defined]  # as the admin app's guard is
     app = Starlette(routes=[Mount("/ops", app=admin), Route("/v1/x", inner)])
     app.add_middleware(CreditMiddleware, provisioner=Provisioner(ledger), jwt_secret=SECRET)
     async with client(app) as c:

@@ -132,7 +132,6 @@ def build_app(ledger: Ledger, observer: PrometheusObserver) -> Starlette:
         pricing=Pricing(
             routes=[Priced("/api/limited", cost="0.5", limits="1/minute")],
             default_cost=Decimal("0.25"),
-            default_mode="fixed",  # the unlisted /api/work is metered too
         ),
         observer=observer,
     )
