@@ -75,20 +75,18 @@ class GuardedObserver(Observer):
             else:
                 log.debug("observer %s raised again", hook, exc_info=True)
 
-    def provisioned(self, layer: str, outcome: str) -> None:
-        self._call("provisioned", layer, outcome)
 
-    def ledger_op(self, kind: str, outcome: str) -> None:
-        self._call("ledger_op", kind, outcome)
+def _forward(hook: str) -> Any:
+    def forward(self: GuardedObserver, *args: Any) -> None:
+        self._call(hook, *args)
 
-    def refused(self, status: int, reason: str) -> None:
-        self._call("refused", status, reason)
+    forward.__name__ = forward.__qualname__ = hook
+    return forward
 
-    def degraded(self, backend: str, degraded: bool) -> None:
-        self._call("degraded", backend, degraded)
 
-    def request_overhead(self, seconds: float) -> None:
-        self._call("request_overhead", seconds)
+# Every hook of Observer, present and future, goes through _call (none is silently dropped).
+for _hook in [n for n, v in vars(Observer).items() if callable(v) and not n.startswith("_")]:
+    setattr(GuardedObserver, _hook, _forward(_hook))
 
 
 def guarded(observer: Observer | None) -> Observer:

@@ -285,3 +285,21 @@ def test_fastapi_test_pattern_process_exits(sqlite_url: str) -> None:
         pytest.fail("the process did not exit after its last request")
     assert done.stdout.strip() == "200", done.stderr
     assert done.returncode == 0, done.stderr
+
+
+def test_the_guard_forwards_every_observer_hook() -> None:
+    from credit_middleware.events import guarded
+
+    hooks = [n for n, v in vars(Observer).items() if callable(v) and not n.startswith("_")]
+    seen: list[str] = []
+
+    class Inner(Observer):
+        def __getattribute__(self, name: str) -> Any:
+            if name in hooks:
+                return lambda *args: seen.append(name)
+            return super().__getattribute__(name)
+
+    guard = guarded(Inner())
+    for hook in hooks:
+        getattr(guard, hook)(*(["x"] * 2 if hook != "request_overhead" else [0.1]))
+    assert seen == hooks
