@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any, Literal
 
+from ._checks import check_objects, conflict, positive
 from ._env import from_env
 from ._redis import close_redis, redis_from_url
 from .errors import BackendUnavailable, ConfigurationError
@@ -44,22 +44,10 @@ log = logging.getLogger("credit_middleware.credits")
 DEFAULT_LIMITS = "60/minute;1000/day"
 
 
-def _positive(name: str, value: object, unit: str = "seconds") -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise ConfigurationError(f"{name} must be a positive number of {unit}, not {value!r}")
-    if value <= 0:
-        raise ConfigurationError(f"{name} must be positive ({unit}), not {value!r}")
-    return float(value)
-
-
 def _retrieve(task: asyncio.Future[Any]) -> None:
     """Mark a background migration's failure as seen (the next ``ready`` retries it)."""
     if not task.cancelled() and task.exception() is not None:
         log.debug("migration failed: %r", task.exception())
-
-
-def _conflict(message: str) -> ConfigurationError:
-    return ConfigurationError(message)
 
 
 class Credits:
@@ -119,8 +107,8 @@ class Credits:
         redis: Any = None,
         signup: Mapping[str, Any] | None = None,
     ) -> None:
-        self.timeout = _positive("timeout", timeout)
-        self.hold_timeout = _positive("hold_timeout", hold_timeout)
+        self.timeout = positive("timeout", timeout)
+        self.hold_timeout = positive("hold_timeout", hold_timeout)
         if on_ledger_error not in ("refuse", "allow"):
             raise ConfigurationError("on_ledger_error must be 'refuse' or 'allow'")
         self.on_ledger_error = on_ledger_error
@@ -130,24 +118,24 @@ class Credits:
         self.billable_statuses = frozenset(int(s) for s in statuses)
         if not self.billable_statuses or not all(100 <= s <= 599 for s in self.billable_statuses):
             raise ConfigurationError("billable_statuses must be HTTP statuses (100-599)")
-        self.idempotency_ttl = _positive("idempotency_ttl", idempotency_ttl)
+        self.idempotency_ttl = positive("idempotency_ttl", idempotency_ttl)
         # how long an attempt may take before a retry with its key may take over its charge
         #: None: 30 s for a fixed-price call, ``hold_timeout`` for a held or handler-billed one
         self.idempotency_lease = (
-            None if idempotency_lease is None else _positive("idempotency_lease", idempotency_lease)
+            None if idempotency_lease is None else positive("idempotency_lease", idempotency_lease)
         )
-        self.max_stored_body = int(_positive("max_stored_body", max_stored_body, "bytes"))
-        self.max_request_body = int(_positive("max_request_body", max_request_body, "bytes"))
+        self.max_stored_body = int(positive("max_stored_body", max_stored_body, "bytes"))
+        self.max_request_body = int(positive("max_request_body", max_request_body, "bytes"))
         self.legacy_headers = legacy_headers
         self.balance_header = balance_header
         self.auto_migrate = auto_migrate
         #: The observer as given (what the admin dashboard reads); components get it guarded.
         self.observer_source = observer
         self.observer = guarded(observer)
-        self._check_objects(database_url, database, ledger, provisioner, policy)
+        check_objects(database_url, database, ledger, provisioner, policy)
 
         if redis is not None and redis_url:
-            raise _conflict("give redis_url or redis (a client), not both")
+            raise conflict("give redis_url or redis (a client), not both")
         self._owns_redis = redis is None and bool(redis_url)
         self.redis = redis_from_url(redis_url, timeout=min(timeout, 1.0)) if redis_url else redis
 
@@ -176,7 +164,7 @@ class Credits:
             or on_redis_error != "local"
         )
         if rate_limiter is not None and limits_given:
-            raise _conflict(
+            raise conflict(
                 "rate_limiter= is already configured: give tiers, default_limits, strategy and"
                 " on_redis_error to RateLimiter(...), or drop rate_limiter="
             )
@@ -194,7 +182,7 @@ class Credits:
         )
 
         if pricing is not None and (meter is not None or cost is not None):
-            raise _conflict("pricing= already says what is metered: give meter/cost to Pricing")
+            raise conflict("pricing= already says what is metered: give meter/cost to Pricing")
         self.pricing = pricing or Pricing(
             meter=meter or (), default_cost=Decimal("0.001") if cost is None else cost
         )
@@ -209,9 +197,9 @@ class Credits:
         }
         given = sorted(k for k, v in identity_options.items() if v is not None)
         if resolver is not None and given:
-            raise _conflict(f"resolver= decides the identity: drop {given}, or drop resolver=")
+            raise conflict(f"resolver= decides the identity: drop {given}, or drop resolver=")
         if (jwt_issuer or jwt_audience) and not (jwt_secret or jwks_url):
-            raise _conflict("jwt_issuer/jwt_audience need jwt_secret or jwks_url")
+            raise conflict("jwt_issuer/jwt_audience need jwt_secret or jwks_url")
         self.resolver = resolver or default_resolver(
             jwt_secret=jwt_secret,
             jwks_url=jwks_url,
@@ -227,35 +215,6 @@ class Credits:
         self._users = 0
         self._migrated = not auto_migrate
         self._migration: asyncio.Future[Any] | None = None
-
-    @staticmethod
-    def _check_objects(
-        database_url: str | None,
-        database: Any,
-        ledger: Ledger | None,
-        provisioner: Provisioner | None,
-        policy: TrialPolicy | None,
-    ) -> None:
-        if ledger is not None and (database_url or database is not None):
-            raise _conflict("give database_url (or database) or ledger, not both")
-        if provisioner is not None:
-            if database_url or database is not None:
-                raise _conflict(
-                    "provisioner= already has a ledger: drop database_url, or drop provisioner="
-                )
-            if ledger is not None and provisioner.ledger is not ledger:
-                raise _conflict(
-                    "ledger= and provisioner= work on different ledgers (accounts would be"
-                    " provisioned in one and debited in the other): give only provisioner=,"
-                    " or Provisioner(ledger)"
-                )
-            if policy is not None and provisioner.policy != policy:
-                raise _conflict(
-                    "policy= differs from provisioner.policy: give Provisioner(ledger, policy),"
-                    " or drop provisioner="
-                )
-        if ledger is not None and not isinstance(ledger, Ledger):
-            raise ConfigurationError(f"ledger must be a Ledger, not {type(ledger).__name__}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Credits:
