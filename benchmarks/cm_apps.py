@@ -38,7 +38,13 @@ def available() -> str | None:
         from credit_middleware.middleware import CreditMiddleware
     except Exception as exc:  # not written yet, or broken mid-edit
         return f"credit_middleware.middleware does not import: {exc!r}"
-    params = inspect.signature(CreditMiddleware.__init__).parameters
+    params = dict(inspect.signature(CreditMiddleware.__init__).parameters)
+    try:  # the middleware's keyword options are those of Credits, which it builds from them
+        from credit_middleware import Credits
+
+        params.update(inspect.signature(Credits).parameters)
+    except ImportError:
+        pass
     missing = [p for p in middleware_kwargs_names() if p not in params]
     if missing:
         return f"CreditMiddleware lacks the options {missing}"

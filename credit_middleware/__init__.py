@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from ._redis import close_redis, redis_from_url
+# What an application needs is in __all__; the other names stay importable from here (they
+# were public before) but live in their modules (credit_middleware.locks, ...).
+from ._redis import close_redis as close_redis
+from ._redis import redis_from_url as redis_from_url
 from .abuse import IP_TRIAL_LIMIT, TrialIpCap
+from .credits import Credits
 from .errors import (
     AccountNotFound,
     BackendUnavailable,
@@ -21,25 +25,28 @@ from .errors import (
     RateLimited,
 )
 from .events import Observer
-from .identity import (
-    ApiKeyResolver,
-    ChainResolver,
-    HeaderResolver,
-    Identity,
-    InvalidCredentials,
-    ScopeUserResolver,
-    TrustedProxies,
-)
+from .identity import ApiKeyResolver as ApiKeyResolver
+from .identity import ChainResolver as ChainResolver
+from .identity import HeaderResolver as HeaderResolver
+from .identity import Identity, InvalidCredentials
+from .identity import ScopeUserResolver as ScopeUserResolver
+from .identity import TrustedProxies as TrustedProxies
 from .jwt_auth import JWTResolver
 from .ledger import Account, Balance, Entry, Grant, Hold, Ledger, Receipt, VerifyReport
-from .locks import LocalLocks, RedisLocks
+from .locks import LocalLocks as LocalLocks
+from .locks import RedisLocks as RedisLocks
 from .middleware import FINAL_COST_STATE, CreditMiddleware
-from .policy import TrialDecision, TrialPolicy
-from .pricing import PricedRoute, Pricing
+from .policy import TrialDecision as TrialDecision
+from .policy import TrialPolicy
+from .pricing import DEFAULT_EXEMPT, PricedRoute, Pricing, priced
 from .provisioning import Provisioner, ProvisionResult
-from .ratelimit import RateLimiter
-from .report import Report, build_report, render_text
-from .signup import SignupProvisioning, provision, provision_credits
+from .ratelimit import RateLimiter as RateLimiter
+from .report import Report as Report
+from .report import build_report as build_report
+from .report import render_text as render_text
+from .signup import SignupProvisioning as SignupProvisioning
+from .signup import provision as provision
+from .signup import provision_credits
 
 __version__ = "0.1.0"
 
@@ -47,20 +54,19 @@ __version__ = "0.1.0"
 logging.getLogger("credit_middleware").addHandler(logging.NullHandler())
 
 __all__ = [
+    "DEFAULT_EXEMPT",
     "FINAL_COST_STATE",
     "IP_TRIAL_LIMIT",
     "Account",
     "AccountNotFound",
-    "ApiKeyResolver",
     "BackendUnavailable",
     "Balance",
-    "ChainResolver",
     "ConfigurationError",
     "CreditError",
     "CreditMiddleware",
+    "Credits",
     "Entry",
     "Grant",
-    "HeaderResolver",
     "Hold",
     "HoldNotActive",
     "HoldNotFound",
@@ -73,28 +79,16 @@ __all__ = [
     "JWTResolver",
     "Ledger",
     "LedgerError",
-    "LocalLocks",
     "Observer",
     "PricedRoute",
     "Pricing",
     "ProvisionResult",
     "Provisioner",
     "RateLimited",
-    "RateLimiter",
     "Receipt",
-    "RedisLocks",
-    "Report",
-    "ScopeUserResolver",
-    "SignupProvisioning",
-    "TrialDecision",
     "TrialIpCap",
     "TrialPolicy",
-    "TrustedProxies",
     "VerifyReport",
-    "build_report",
-    "close_redis",
-    "provision",
+    "priced",
     "provision_credits",
-    "redis_from_url",
-    "render_text",
 ]

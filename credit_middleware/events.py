@@ -7,7 +7,12 @@ implementation, tests can record events with another. Labels passed here are alw
 
 from __future__ import annotations
 
-__all__ = ["Observer"]
+import logging
+from typing import Any
+
+__all__ = ["NULL_OBSERVER", "GuardedObserver", "Observer", "guarded"]
+
+log = logging.getLogger("credit_middleware.events")
 
 
 class Observer:
@@ -44,3 +49,50 @@ class Observer:
 
 
 NULL_OBSERVER = Observer()
+
+
+class GuardedObserver(Observer):
+    """Wraps an observer so that an exception it raises is logged (once per hook) and
+    swallowed: a metrics bug must never turn a 401 into a 500 or fail a signup. Other
+    attributes (``recent_refusals``, ...) are the wrapped observer's."""
+
+    def __init__(self, inner: Observer) -> None:
+        self.inner = inner
+        self._failed: set[str] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("inner", "_failed"):  # not set yet (copying): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def _call(self, hook: str, *args: Any) -> None:
+        try:
+            getattr(self.inner, hook)(*args)
+        except Exception:
+            if hook not in self._failed:
+                self._failed.add(hook)
+                log.exception("observer %s.%s raised; ignored", type(self.inner).__name__, hook)
+            else:
+                log.debug("observer %s raised again", hook, exc_info=True)
+
+
+def _forward(hook: str) -> Any:
+    def forward(self: GuardedObserver, *args: Any) -> None:
+        self._call(hook, *args)
+
+    forward.__name__ = forward.__qualname__ = hook
+    return forward
+
+
+# Every hook of Observer, present and future, goes through _call (none is silently dropped).
+for _hook in [n for n, v in vars(Observer).items() if callable(v) and not n.startswith("_")]:
+    setattr(GuardedObserver, _hook, _forward(_hook))
+
+
+def guarded(observer: Observer | None) -> Observer:
+    """An observer that never raises: the null one, or ``observer`` wrapped (once)."""
+    if observer is None or observer is NULL_OBSERVER:
+        return NULL_OBSERVER
+    if isinstance(observer, GuardedObserver):
+        return observer
+    return GuardedObserver(observer)

@@ -106,7 +106,12 @@ class TrustedProxies:
     def __init__(
         self, proxies: Iterable[str] = (), *, forwarded_header: str = "x-forwarded-for"
     ) -> None:
-        self._nets = tuple(ipaddress.ip_network(p, strict=False) for p in proxies)
+        if isinstance(proxies, str):
+            raise ConfigurationError("trusted_proxies is a list of addresses or networks")
+        try:
+            self._nets = tuple(ipaddress.ip_network(p.strip(), strict=False) for p in proxies)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ConfigurationError(f"trusted_proxies: {exc}") from None
         self._header = forwarded_header.lower().encode("latin-1")
 
     def __bool__(self) -> bool:

@@ -8,11 +8,12 @@ any Starlette or FastAPI app. Refusals are ``application/problem+json``; a backe
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable
 from dataclasses import replace
 from typing import Any, Literal, TypeVar
 
@@ -23,7 +24,7 @@ from ._aio import bounded
 from ._bill import CHARGE_ID_HEADER, _Bill
 from ._idempotency import client_key, read_request
 from ._outcome import Outcomes
-from ._redis import close_redis, redis_from_url
+from .credits import Credits
 from .errors import (
     AccountNotFound,
     BackendUnavailable,
@@ -33,20 +34,13 @@ from .errors import (
     IdempotencyMismatch,
     InsufficientCredits,
 )
-from .events import NULL_OBSERVER, Observer
 from .identity import (
-    ApiKeyLookup,
     Identity,
-    IdentityResolver,
     InvalidCredentials,
-    TrustedProxies,
-    default_resolver,
 )
-from .ledger import ChargeSpec, Ledger, Receipt, RequestStart
-from .locks import LocalLocks, ProvisionLocks, RedisLocks
+from .ledger import ChargeSpec, Receipt, RequestStart
 from .money import from_micros
-from .policy import TrialPolicy
-from .pricing import Price, Pricing
+from .pricing import Price
 from .problems import (
     ProblemResponse,
     Refused,
@@ -56,8 +50,7 @@ from .problems import (
     rate_limited,
     retry_after,
 )
-from .provisioning import Provisioner
-from .ratelimit import DEFAULT_TIERS, RateLimiter, Strategy, rate_limit_headers
+from .ratelimit import rate_limit_headers
 
 __all__ = ["FINAL_COST_STATE", "CreditMiddleware"]
 
@@ -75,138 +68,70 @@ FINAL_COST_STATE = _bill.FINAL_COST_STATE
 class CreditMiddleware:
     """Identity, lazy provisioning, rate limits and metering for every priced HTTP request.
 
-    Give URLs (``database_url``, ``redis_url``; none → SQLite file + in-memory limits) or
-    built objects (``ledger``, ``provisioner``, ``rate_limiter``, ``redis``). Identity comes
-    from ``resolver`` or from the JWT / API-key / trusted-header options.
+    ``app.add_middleware(CreditMiddleware, credits=credits)`` with a shared
+    :class:`~credit_middleware.Credits`; or its options directly (``meter="/v1/*"``,
+    ``jwt_secret=...``, ``database_url=...``, ...), a shorthand that builds one for this
+    middleware alone. Either way the app's lifespan starts and closes it.
     """
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        database_url: str | None = None,
-        redis_url: str | None = None,
-        ledger: Ledger | None = None,
-        provisioner: Provisioner | None = None,
-        policy: TrialPolicy | None = None,
-        rate_limiter: RateLimiter | None = None,
-        redis: Any = None,
-        pricing: Pricing | None = None,
-        resolver: IdentityResolver | None = None,
-        jwt_secret: str | None = None,
-        jwks_url: str | None = None,
-        jwt_issuer: str | None = None,
-        jwt_audience: str | None = None,
-        api_key_lookup: ApiKeyLookup | None = None,
-        trusted_proxies: Iterable[str] = (),
-        user_header: str | None = None,
-        tiers: Mapping[str, str] = DEFAULT_TIERS,
-        default_limits: str | None = "60/minute;1000/day",
-        strategy: Strategy = "moving-window",
-        on_redis_error: Literal["local", "refuse"] = "local",
-        on_ledger_error: Literal["refuse", "allow"] = "refuse",
-        refund_on_error: bool = True,
-        billable_statuses: Iterable[int] | None = None,
-        idempotency_ttl: float = 86400.0,
-        idempotency_lease: float | None = None,
-        max_stored_body: int = 1 << 20,
-        max_request_body: int = 10 << 20,
-        legacy_headers: bool = False,
-        balance_header: str = "Credit-Balance",
-        key_prefix: str = "credit:",
-        timeout: float = 3.0,
-        hold_timeout: float = 300.0,
-        auto_migrate: bool = True,
-        observer: Observer | None = None,
-    ) -> None:
-        if on_ledger_error not in ("refuse", "allow"):
-            raise ConfigurationError("on_ledger_error must be 'refuse' or 'allow'")
-        for name, value in (
-            ("timeout", timeout),
-            ("hold_timeout", hold_timeout),
-            ("idempotency_ttl", idempotency_ttl),
-            ("idempotency_lease", idempotency_lease or 1),
-            ("max_stored_body", max_stored_body),
-            ("max_request_body", max_request_body),
-        ):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-                raise ConfigurationError(f"{name} must be a positive number, not {value!r}")
+    def __init__(self, app: ASGIApp, /, *, credits: Credits | None = None, **options: Any) -> None:
+        self._owns_credits = credits is None
+        if credits is None:
+            try:
+                inspect.signature(Credits).bind(**options)
+            except TypeError as exc:
+                raise ConfigurationError(f"CreditMiddleware: {exc}") from None
+            credits = Credits(**options)
+        elif options:
+            raise ConfigurationError(
+                f"credits= is already configured: give {sorted(options)} to Credits(...)"
+            )
         self.app = app
-        self.observer = observer or NULL_OBSERVER
-        self._owned: list[Callable[[], Awaitable[Any]]] = []
-        self.redis = redis
-        if self.redis is None and redis_url:
-            client = self.redis = redis_from_url(redis_url, timeout=min(timeout, 1.0))
-            self._owned.append(lambda: close_redis(client))
-        self._owns_ledger = ledger is None and provisioner is None
-        if ledger is None:
-            ledger = provisioner.ledger if provisioner else Ledger(database_url, timeout=timeout)
-            if self._owns_ledger:
-                self._owned.append(ledger.close)
-        self.ledger = ledger
-        locks: ProvisionLocks = (
-            RedisLocks(self.redis, prefix=key_prefix + "lock:") if self.redis else LocalLocks()
-        )
-        self.provisioner = provisioner or Provisioner(
-            ledger, policy, locks=locks, observer=self.observer
-        )
-        self.limiter = rate_limiter or RateLimiter(
-            tiers=tiers,
-            default=default_limits,
-            strategy=strategy,
-            redis=self.redis,
-            key_prefix=key_prefix + "rl",
-            on_redis_error=on_redis_error,
-            timeout=min(timeout, 1.0),
-            observer=self.observer,
-        )
-        self.pricing = pricing or Pricing()
-        self.proxies = TrustedProxies(trusted_proxies)
-        self.resolver = resolver or default_resolver(
-            jwt_secret=jwt_secret,
-            jwks_url=jwks_url,
-            issuer=jwt_issuer,
-            audience=jwt_audience,
-            api_key_lookup=api_key_lookup,
-            proxies=self.proxies,
-            user_header=user_header,
-        )
-        self._fail_open = on_ledger_error == "allow"
-        self._refund = refund_on_error
+        self.credits = credits
+        self.observer = credits.observer
+        self.redis = credits.redis
+        self._owns_ledger = credits.owns_ledger
+        self.ledger = credits.ledger
+        self.provisioner = credits.provisioner
+        self.limiter = credits.limiter
+        self.pricing = credits.pricing
+        self.proxies = credits.proxies
+        self.resolver = credits.resolver
+        self._fail_open = credits.on_ledger_error == "allow"
+        self._refund = credits.refund_on_error
+        self._legacy = credits.legacy_headers
+        self._balance_header = credits.balance_header
+        self._timeout = credits.timeout
+        self._hold_timeout = credits.hold_timeout
+        self._migrated = credits.migrated
         # Only what was served is billed: 2xx by default (not the app's 4xx, redirects, 5xx)
-        statuses = range(200, 300) if billable_statuses is None else billable_statuses
-        self._billable_set = frozenset(int(s) for s in statuses)
-        if not self._billable_set or not all(100 <= s <= 599 for s in self._billable_set):
-            raise ConfigurationError("billable_statuses must be HTTP statuses (100-599)")
-        self._idempotency_ttl = float(idempotency_ttl)
+        self._billable_set = credits.billable_statuses
+        self._idempotency_ttl = credits.idempotency_ttl
         # how long an attempt may take before a retry with its key may take over its charge
         # (a fixed-price call is quick: a worker that died with it frees its key soon; a held
         # or handler-billed one, an LLM call, may run as long as its hold)
-        self._lease_fixed = float(idempotency_lease or FIXED_LEASE)
-        self._lease_long = float(idempotency_lease or max(hold_timeout, FIXED_LEASE))
-        self._max_stored_body = int(max_stored_body)
-        self._max_request_body = int(max_request_body)
-        self.outcomes = Outcomes(self.ledger, timeout, self.observer)
-        self._legacy = legacy_headers
-        self._balance_header = balance_header
-        self._timeout = timeout
-        self._hold_timeout = hold_timeout
-        self._migrated = not auto_migrate
+        lease = credits.idempotency_lease
+        self._lease_fixed = float(lease or FIXED_LEASE)
+        self._lease_long = float(lease or max(self._hold_timeout, FIXED_LEASE))
+        self._max_stored_body = credits.max_stored_body
+        self._max_request_body = credits.max_request_body
+        self.outcomes = Outcomes(self.ledger, self._timeout, self.observer)
         self._migrate_lock = asyncio.Lock()
+        self._started = False
         # account -> (tier, monotonic time to look again): a tier change (an upgrade) is
         # picked up within TIER_TTL seconds without a read on every request.
         self._tiers: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._db_degraded = False
 
     async def aclose(self) -> None:
-        """Settle what is still pending, then close what this middleware built itself (not
-        objects that were passed in)."""
+        """End this middleware's use of its :class:`Credits`; close it if it built it (a
+        shared one closes when its last user stops). What is still pending settles first."""
         await self.outcomes.aclose()
-        for close in self._owned:
-            try:
-                await close()
-            except Exception:  # closing is best effort
-                log.debug("error while closing", exc_info=True)
+        if self._started:
+            self._started = False
+            await self.credits.stop()
+        if self._owns_credits:
+            await self.credits.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -240,8 +165,12 @@ class CreditMiddleware:
     def _on_startup(self, receive: Receive) -> Receive:
         async def wrapped() -> Message:
             message = await receive()
-            if message["type"] == "lifespan.startup" and self._owns_ledger:
-                self.ledger.reopen()  # a second lifespan (tests, reloads) after a shutdown
+            if message["type"] == "lifespan.startup" and not self._started:
+                self._started = True
+                # reopens after an earlier lifespan's close (tests, reloads) and migrates,
+                # without failing while the database is down (first use migrates then)
+                await self.credits.start()
+                self._migrated = self._migrated or self.credits.migrated
             return message
 
         return wrapped

@@ -1,15 +1,22 @@
 """What a request costs: exempt, a fixed price, a computed price, held then captured, or billed
-by the handler itself. Patterns are compiled once; the first matching route wins."""
+by the handler itself. Patterns are compiled once; the first matching route wins.
+
+``Pricing(meter="/v1/*")`` meters only the paths it names (plus priced ``routes`` and routes
+decorated with :func:`priced`): every other path passes through, no credential needed, nothing
+billed. Without ``meter`` every path is metered at ``default_cost`` but the built-in exempt
+list (health, docs, metrics, signup and auth routes, webhooks) and exempt routes.
+"""
 
 from __future__ import annotations
 
 import fnmatch
 import inspect
+import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from starlette.requests import HTTPConnection
 from starlette.types import Scope
@@ -17,15 +24,21 @@ from starlette.types import Scope
 from .errors import ConfigurationError
 from .money import cost_to_micros
 
-__all__ = ["DEFAULT_EXEMPT", "Mode", "Price", "PricedRoute", "Pricing", "Route"]
+__all__ = ["DEFAULT_EXEMPT", "Mode", "Price", "PricedRoute", "Pricing", "Route", "priced"]
+
+log = logging.getLogger("credit_middleware.pricing")
 
 #: ``fixed``/``computed``: debit before the handler; ``hold``: reserve ``cost`` before, capture
 #: what the handler reports in ``request.state.credit_cost`` after; ``handler``: identity and
 #: rate limit only, the handler bills itself; ``exempt``: the middleware does nothing.
 Mode = Literal["fixed", "hold", "handler", "exempt"]
+_MODES = ("fixed", "hold", "handler", "exempt")
 
 CostFn = Callable[[HTTPConnection], "Decimal | int | str | Awaitable[Decimal | int | str]"]
+F = TypeVar("F", bound=Callable[..., Any])
 
+#: Never metered unless a route says otherwise. ``Pricing(exempt=[...])`` adds to this list;
+#: ``Pricing(default_exempt=())`` drops it.
 DEFAULT_EXEMPT: tuple[str, ...] = (
     "/health",
     "/healthz",
@@ -39,10 +52,18 @@ DEFAULT_EXEMPT: tuple[str, ...] = (
     "/favicon.ico",
     "/signup",
     "/register",
-    "/auth/register",
-    "/auth/signup",
+    "/login",
+    "/logout",
+    "/token",
+    "/auth/*",  # registration, login, password reset, e-mail verification (fastapi-users, ...)
+    "/.well-known/*",
     "/webhooks/*",
 )
+
+#: The attribute :func:`priced` sets on an endpoint, and an ASGI app sets to be exempt when
+#: mounted (the admin app does).
+PRICE_ATTRIBUTE = "__credit_price__"
+EXEMPT_ATTRIBUTE = "billing_exempt"
 
 
 @dataclass(frozen=True)
@@ -88,7 +109,10 @@ class Price:
 
 def _compile(pattern: str) -> re.Pattern[str]:
     if pattern.startswith("^"):
-        return re.compile(pattern)
+        try:
+            return re.compile(pattern)
+        except re.error as exc:
+            raise ConfigurationError(f"route pattern {pattern!r} is not a regex: {exc}") from None
     return re.compile(fnmatch.translate(pattern))
 
 
@@ -99,8 +123,48 @@ def _micros(value: object, what: str) -> int:
         raise ConfigurationError(str(exc)) from None
 
 
+def _check(route: Route) -> None:
+    if route.mode not in _MODES:
+        raise ConfigurationError(f"route {route.pattern!r}: mode must be one of {_MODES}")
+    if callable(route.cost) and route.mode not in ("fixed", "hold"):
+        raise ConfigurationError(f"route {route.pattern!r}: a cost callable needs mode fixed")
+    if route.cost is not None and not callable(route.cost):
+        _micros(route.cost, f"cost of {route.pattern!r}")
+
+
+def priced(
+    cost: Decimal | int | str | CostFn | None = None,
+    *,
+    mode: Mode = "fixed",
+    limits: str | None = None,
+    name: str | None = None,
+) -> Callable[[F], F]:
+    """Declare an endpoint's price next to it: ``@priced("0.01")`` (credits a call),
+    ``@priced(mode="hold", cost="0.05")``, ``@priced(mode="exempt")``.
+
+    The endpoint is returned unchanged (FastAPI's signature and dependencies are untouched);
+    the middleware reads the price from the app's routes before the first request is priced,
+    so it is known before the handler runs. Priced FastAPI routes get their 401/402/429/503
+    answers documented in OpenAPI.
+    """
+    declared = Route("", cost, mode, None, limits, name)
+    _check(declared)
+
+    def mark(endpoint: F) -> F:
+        setattr(endpoint, PRICE_ATTRIBUTE, declared)
+        return endpoint
+
+    return mark
+
+
 class Pricing:
-    """Route → :class:`Price`. Paths not matching any route cost ``default_cost`` (0.001).
+    """Route → :class:`Price`.
+
+    ``meter``: patterns billed ``default_cost`` (0.001) a call; ``routes``: prices per route;
+    ``exempt``: more paths never metered (added to ``default_exempt``, the built-in list).
+    ``default_mode`` decides the paths nothing lists: ``None`` (the default) exempts them when
+    ``meter`` names what is metered, and meters them (``"fixed"``) otherwise; ``"exempt"``
+    meters only what is listed, ``"fixed"`` every path.
 
     A HEAD request is priced as the GET of the same path unless ``head_as_get=False`` (then a
     route must list ``HEAD`` in its methods to match it).
@@ -111,34 +175,62 @@ class Pricing:
         *,
         default_cost: Decimal | int | str = Decimal("0.001"),
         routes: Iterable[Route] = (),
-        exempt: Iterable[str] = DEFAULT_EXEMPT,
-        default_mode: Mode = "fixed",
+        meter: str | Iterable[str] = (),
+        exempt: Iterable[str] = (),
+        default_exempt: Iterable[str] = DEFAULT_EXEMPT,
+        default_mode: Mode | None = None,
+        document: bool = True,
         head_as_get: bool = True,
     ) -> None:
-        self._head_as_get = head_as_get
+        if default_mode is not None and default_mode not in _MODES:
+            raise ConfigurationError(f"default_mode must be one of {_MODES} or None")
+        if isinstance(exempt, str) or isinstance(default_exempt, str):
+            raise ConfigurationError("exempt and default_exempt are lists of patterns")
         self.default_micros = _micros(default_cost, "default_cost")
-        self._exempt = [_compile(p) for p in exempt]
-        self._default = Price(default_mode, self.default_micros, "default")
+        self._exempt = [_compile(p) for p in (*default_exempt, *exempt)]
+        self._default_mode = default_mode
+        self._document = document
+        self._head_as_get = head_as_get
         self._routes: list[tuple[re.Pattern[str], frozenset[str] | None, Price]] = []
         for r in routes:
-            if r.mode not in ("fixed", "hold", "handler", "exempt"):
-                raise ConfigurationError(f"route {r.pattern!r}: unknown mode {r.mode!r}")
-            fn = r.cost if callable(r.cost) else None
-            if fn is not None and r.mode not in ("fixed", "hold"):
-                raise ConfigurationError(f"route {r.pattern!r}: a cost callable needs mode fixed")
-            micros = (
-                self.default_micros
-                if r.cost is None or fn is not None
-                else _micros(r.cost, f"cost of {r.pattern!r}")
-            )
-            methods = frozenset(m.upper() for m in r.methods) if r.methods else None
-            price = Price(r.mode, micros, r.name or r.pattern, r.limits, fn)
-            self._routes.append((_compile(r.pattern), methods, price))
+            self.add(r)
+        patterns = [meter] if isinstance(meter, str) else list(meter)
+        self._metered = [(_compile(p), Price("fixed", self.default_micros, p)) for p in patterns]
+        self._seen: set[int] = set()
+
+    def add(self, route: Route, *, first: bool = False) -> None:
+        """Price one more route (``first``: before those already listed)."""
+        _check(route)
+        fn = route.cost if callable(route.cost) else None
+        micros = (
+            self.default_micros
+            if route.cost is None or fn is not None
+            else _micros(route.cost, f"cost of {route.pattern!r}")
+        )
+        methods = frozenset(m.upper() for m in route.methods) if route.methods else None
+        price = Price(route.mode, micros, route.name or route.pattern, route.limits, fn)
+        entry = (_compile(route.pattern), methods, price)
+        if first:
+            self._routes.insert(0, entry)
+        else:
+            self._routes.append(entry)
+
+    @property
+    def default_mode(self) -> Mode:
+        """What a path nothing lists gets (see the class docstring)."""
+        if self._default_mode is not None:
+            return self._default_mode
+        return "exempt" if self._metered else "fixed"
 
     def price(self, scope: Scope) -> Price | None:
         """The request's price, or None when it is exempt."""
-        path: str = scope.get("path", "")
-        method: str = scope.get("method", "GET")
+        app = scope.get("app")
+        if app is not None and id(app) not in self._seen:
+            self.discover(app)
+        return self.price_of(scope.get("path", ""), scope.get("method", "GET"))
+
+    def price_of(self, path: str, method: str = "GET") -> Price | None:
+        """The price of a path and method, or None when it is exempt."""
         if method == "HEAD" and self._head_as_get:
             method = "GET"  # a HEAD is a GET without its body: the same route, the same price
         for regex, methods, price in self._routes:
@@ -146,4 +238,32 @@ class Pricing:
                 return None if price.mode == "exempt" else price
         if any(regex.match(path) for regex in self._exempt):
             return None
-        return self._default
+        for regex, price in self._metered:
+            if regex.match(path):
+                return price
+        mode = self.default_mode
+        return None if mode == "exempt" else Price(mode, self.default_micros, "default")
+
+    def discover(self, app: Any) -> None:
+        """Read the prices declared on an app's routes (:func:`priced`), exempt mounts of apps
+        marked ``billing_exempt`` (the admin app), and document priced FastAPI routes.
+
+        Called once per app, with the first request (or lifespan) that names it."""
+        self._seen.add(id(app))
+        from ._discover import walk
+
+        declared, exempt_mounts, api_routes = walk(app)
+        for pattern in exempt_mounts:
+            self.add(Route(pattern, mode="exempt", name="mount"), first=True)
+        for pattern, methods, route in declared:
+            self.add(replace(route, pattern=pattern, methods=methods), first=True)
+        if declared or exempt_mounts:
+            log.info(
+                "pricing: %d priced route(s), %d exempt mount(s) found on the app",
+                len(declared),
+                len(exempt_mounts),
+            )
+        if self._document:
+            from ._discover import document
+
+            document(app, api_routes, self)

@@ -21,6 +21,7 @@ __all__ = [
     "Refused",
     "insufficient",
     "ledger_down",
+    "openapi_responses",
     "problem",
     "rate_limited",
     "retry_after",
@@ -117,19 +118,59 @@ def insufficient(
     *,
     tier: str,
     trial_denied: object,
-    headers: Iterable[tuple[str, str]],
+    headers: Iterable[tuple[str, str]] | Mapping[str, str],
+    balance_header: str = "Credit-Balance",
 ) -> ProblemResponse:
-    """A 402 with the numbers; ``trial-denied`` (and why) for an account refused a trial."""
+    """A 402 with the numbers (and the ``Credit-Balance`` header a served call has);
+    ``trial-denied`` (and why) for an account refused a trial."""
     reason = "trial-denied" if trial_denied else "insufficient-credits"
+    hdrs = dict(headers)
+    hdrs.setdefault(balance_header, str(exc.available))  # what is left, as on a served call
     detail = (
         f"no trial credits: {trial_denied}" if trial_denied else "not enough credits for this call"
     )
     return problem(
         reason,
         detail,
-        headers=dict(headers),
+        headers=hdrs,
         required=str(exc.required),
         available=str(exc.available),
         tier=exc.tier or tier,
         trial_denied=str(trial_denied) if trial_denied else None,
     )
+
+
+_PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "title", "status"],
+    "properties": {
+        "type": {"type": "string", "format": "uri"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "required": {"type": "string", "description": "credits this call needs (402)"},
+        "available": {"type": "string", "description": "credits available (402)"},
+        "tier": {"type": "string"},
+        "limit": {"type": "string", "description": "the rate limit exceeded (429)"},
+        "retry_after": {"type": "integer", "description": "seconds to wait (429, 503)"},
+    },
+}
+
+_DOCUMENTED: Mapping[int, str] = {
+    401: "No credential, or a forged, expired or malformed one",
+    402: "Not enough credits for this call (or no trial for this account)",
+    429: "Rate limit of the caller's tier exceeded; see Retry-After and RateLimit",
+    503: "Billing temporarily unavailable; retry after Retry-After (nothing was charged)",
+}
+
+
+def openapi_responses() -> dict[int, dict[str, Any]]:
+    """The middleware's refusals as OpenAPI ``responses`` (FastAPI's ``responses=`` format),
+    each an ``application/problem+json`` body; a fresh dict on every call."""
+    return {
+        status: {
+            "description": text,
+            "content": {"application/problem+json": {"schema": dict(_PROBLEM_SCHEMA)}},
+        }
+        for status, text in _DOCUMENTED.items()
+    }

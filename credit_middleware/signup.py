@@ -6,112 +6,51 @@ number of retries and backoff) in a background task, and the lazy layer of the m
 the safety net for a user that every attempt missed.
 
     @app.post("/auth/register", status_code=201)
-    @provision_credits(provisioner)              # below the route decorator
+    @provision_credits(credits)                  # below the route decorator
     async def register(body: Signup) -> dict[str, str]:
         user = await users.create(body)
-        return {"user_id": user.sub, "email": user.email}
+        return {"id": user.sub, "email": user.email}
+
+For a route you don't write (fastapi-users' generated router), call ``await
+credits.provision(user.id, email=user.email, request=request)`` from its hook instead.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import inspect
-import json
 import logging
 import random
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.requests import Request
-from starlette.responses import Response
 
+from ._newuser import AccountIdGetter, _identity, _payload, default_account_id, identity_for
 from .errors import ConfigurationError
 from .events import Observer
-from .identity import Identity
+from .identity import Identity, TrustedProxies
 from .provisioning import Provisioner, ProvisionResult
 
-__all__ = ["SignupProvisioning", "default_account_id", "provision", "provision_credits"]
+__all__ = [
+    "SignupProvisioning",
+    "default_account_id",
+    "identity_for",
+    "provision",
+    "provision_credits",
+]
+
+if TYPE_CHECKING:
+    from .credits import Credits
 
 log = logging.getLogger("credit_middleware.signup")
 
-#: Reads the new user from the handler's result and the request: an account id, a full
-#: :class:`Identity`, or None when there is nobody to provision (e.g. the signup was refused).
-AccountIdGetter = Callable[[Any, "Request | None"], "str | Identity | None"]
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 _REQUEST_PARAM = "credit_signup_request__"
-_MAX_BODY = 65_536
 _MAX_RUNNERS = 16
-
-
-def _field(obj: Any, name: str) -> Any:
-    if isinstance(obj, Mapping):
-        return obj.get(name)
-    return getattr(obj, name, None)
-
-
-def _payload(result: Any) -> Any:
-    """The data a handler returned; a Response's JSON body if it is one (and a success)."""
-    if isinstance(result, Response):
-        if not 200 <= result.status_code < 300:
-            return None
-        body = getattr(result, "body", None)  # streaming responses have none
-        if not isinstance(body, bytes) or not body or len(body) > _MAX_BODY:
-            return None
-        try:
-            return json.loads(body)
-        except ValueError:
-            return None
-    return result
-
-
-def default_account_id(result: Any, request: Request | None) -> str | Identity | None:
-    """The ``user_id`` key or attribute of the handler's result (or of its JSON body)."""
-    user_id = _field(_payload(result), "user_id")
-    if isinstance(user_id, int) and not isinstance(user_id, bool):
-        user_id = str(user_id)
-    return user_id if isinstance(user_id, str) else None
-
-
-def _identity(getter: AccountIdGetter, result: Any, request: Request | None) -> Identity | None:
-    found = getter(result, request)
-    if found is None:
-        return None
-    ident = Identity.of(found)
-    changes: dict[str, Any] = {}
-    data = _payload(result)
-    if ident.email is None:
-        email = _field(data, "email") if data is not None else None
-        if email is None and request is not None:
-            email = _field(_request_json(request), "email")
-        if isinstance(email, str) and "@" in email:
-            changes["email"] = email
-    if ident.email_verified is None and data is not None:
-        verified = _field(data, "email_verified")
-        if isinstance(verified, bool):
-            changes["email_verified"] = verified
-    if ident.client_ip is None and request is not None and request.client is not None:
-        changes["client_ip"] = request.client.host
-    if ident.source == "unknown":
-        changes["source"] = "signup"
-    return dataclasses.replace(ident, **changes) if changes else ident
-
-
-def _request_json(request: Request) -> Any:
-    """The request's JSON body if the handler (or FastAPI) already read it and it is small;
-    never reads the stream itself, so a slow client cannot stall the signup here."""
-    body = getattr(request, "_body", None)
-    if not isinstance(body, bytes) or not body or len(body) > _MAX_BODY:
-        return None
-    if "json" not in request.headers.get("content-type", ""):
-        return None
-    try:
-        return json.loads(body)
-    except ValueError:
-        return None
 
 
 class SignupProvisioning:
@@ -121,7 +60,9 @@ class SignupProvisioning:
     included), spaced by ``backoff`` doubling with jitter; each try is cut at
     ``attempt_timeout``. With ``defer_unverified`` an identity that the policy would refuse
     only for an unverified e-mail is left to a later layer (which may see it verified) instead
-    of being given a trial-less account for good.
+    of being given a trial-less account for good. ``prepare`` runs before each try (the
+    shared :class:`~credit_middleware.Credits` migrates there); ``proxies`` (or
+    ``trusted_proxies``) say whose forwarded address is the client's.
     """
 
     def __init__(
@@ -135,7 +76,12 @@ class SignupProvisioning:
         attempt_timeout: float = 5.0,
         defer_unverified: bool = True,
         observer: Observer | None = None,
+        prepare: Callable[[], Awaitable[None]] | None = None,
+        proxies: TrustedProxies | None = None,
+        trusted_proxies: Iterable[str] = (),
     ) -> None:
+        if proxies is not None and trusted_proxies:
+            raise ConfigurationError("give proxies or trusted_proxies, not both")
         if budget <= 0 or attempt_timeout <= 0 or backoff < 0:
             raise ConfigurationError("budget and attempt_timeout must be positive, backoff >= 0")
         if attempts < 1:
@@ -150,6 +96,8 @@ class SignupProvisioning:
         self.attempt_timeout = attempt_timeout
         self.defer_unverified = defer_unverified
         self.observer = observer or provisioner.observer
+        self.prepare = prepare
+        self.proxies = proxies or TrustedProxies(trusted_proxies)
         self._tasks: set[asyncio.Task[ProvisionResult | None]] = set()
 
     @property
@@ -191,10 +139,7 @@ class SignupProvisioning:
         try:
             for attempt in range(1, self.attempts + 1):
                 try:
-                    result = await asyncio.wait_for(
-                        self.provisioner.ensure_account(ident, layer=self.layer),
-                        self.attempt_timeout,
-                    )
+                    result = await asyncio.wait_for(self._attempt(ident), self.attempt_timeout)
                 except Exception as exc:  # the lazy layer is the safety net: log, retry, go on
                     if not first.done():
                         first.set_result(None)
@@ -222,6 +167,11 @@ class SignupProvisioning:
             if not first.done():  # cancelled (aclose) before the first answer: unblock
                 first.set_result(None)
 
+    async def _attempt(self, ident: Identity) -> ProvisionResult:
+        if self.prepare is not None:
+            await self.prepare()
+        return await self.provisioner.ensure_account(ident, layer=self.layer)
+
     async def drain(self, timeout: float | None = None) -> None:
         """Wait for the background retries (at shutdown, or in tests)."""
         if self._tasks:
@@ -242,16 +192,19 @@ class SignupProvisioning:
             log.exception("observer failed")
 
 
-def _runner(
-    target: Provisioner | SignupProvisioning, options: dict[str, Any]
-) -> SignupProvisioning:
+def _runner(target: Any, options: dict[str, Any]) -> SignupProvisioning:
+    shared = getattr(target, "signup", None)  # a Credits: its runner, migrating, its proxies
+    if isinstance(shared, SignupProvisioning) and not isinstance(target, SignupProvisioning):
+        if options:
+            raise ConfigurationError("give signup options to Credits(signup={...}), not here")
+        return shared
     if isinstance(target, SignupProvisioning):
         if options:
             raise ConfigurationError("pass options to SignupProvisioning, not here")
         return target
     if not isinstance(target, Provisioner):
         raise ConfigurationError(
-            f"expected a Provisioner or SignupProvisioning, not {type(target).__name__}"
+            f"expected Credits, a Provisioner or a SignupProvisioning, not {type(target).__name__}"
         )
     return SignupProvisioning(target, **options)
 
@@ -260,7 +213,7 @@ Target = Provisioner | SignupProvisioning
 
 
 def provision_credits(
-    target: Target | Callable[[Any], Target],
+    target: Credits | Target | Callable[[Any], Credits | Target],
     *,
     account_id: AccountIdGetter = default_account_id,
     **options: Any,
@@ -279,7 +232,7 @@ def provision_credits(
     ``drain`` or ``aclose`` at shutdown) as ``handler.credit_runners()``.
     """
     fixed = None if callable(target) and not isinstance(target, Target) else target
-    runners: OrderedDict[int, tuple[Target, SignupProvisioning]] = OrderedDict()
+    runners: OrderedDict[int, tuple[Any, SignupProvisioning]] = OrderedDict()
 
     def runner_for(first: Any) -> SignupProvisioning:
         found = target(first) if fixed is None else fixed  # type: ignore[operator]
@@ -301,6 +254,7 @@ def provision_credits(
         request_name = next(
             (n for n, p in sig.parameters.items() if _is_request(p.annotation)), None
         )
+        warned: list[bool] = []
 
         @functools.wraps(handler)
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -311,7 +265,7 @@ def provision_credits(
                 request = next((a for a in candidates if isinstance(a, Request)), None)
             try:
                 active = runner or runner_for(args[0] if args else request)
-                ident = _identity(account_id, result, request)
+                ident = _identity(account_id, result, request, active.proxies)
             except Exception:  # a bad id or lookup must not turn a good signup into a 500
                 log.exception("could not find the new user or the provisioner after signup")
                 if runner is not None:
@@ -319,6 +273,9 @@ def provision_credits(
                 return result
             if ident is not None:
                 await active.provision(ident)
+            elif _payload(result) is not None:  # a success, but whose?
+                _no_user(handler, warned)
+                active._count("skipped")
             return result
 
         if request_name is None:
@@ -340,6 +297,19 @@ def provision_credits(
     return decorate
 
 
+def _no_user(handler: Callable[..., Any], warned: list[bool]) -> None:
+    name = getattr(handler, "__qualname__", repr(handler))
+    level = logging.DEBUG if warned else logging.WARNING
+    warned.append(True)
+    log.log(
+        level,
+        "@provision_credits on %s: the handler's result has no 'user_id' or 'id', so nobody was"
+        " provisioned at signup (the middleware will, on the first request); return one, or"
+        " pass account_id=lambda result, request: ...",
+        name,
+    )
+
+
 def _is_request(annotation: Any) -> bool:
     if isinstance(annotation, str):
         return annotation.rsplit(".", 1)[-1] == "Request"
@@ -347,7 +317,7 @@ def _is_request(annotation: Any) -> bool:
 
 
 async def provision(
-    target: Provisioner | SignupProvisioning,
+    target: Credits | Provisioner | SignupProvisioning,
     identity: Identity | str,
     **options: Any,
 ) -> ProvisionResult | None:
@@ -358,7 +328,7 @@ async def provision(
     """
     runner = _runner(target, options)
     result = await runner.provision(identity)
-    if runner is not target:
+    if runner is not target and runner is not getattr(target, "signup", None):
         _adopt(runner)
     return result
 

@@ -5,7 +5,8 @@ the edge): ``CREDIT_DATABASE_URL`` (default ``sqlite:///./credits.db``), ``CREDI
 (default none: in-memory limits), ``CREDIT_JWT_SECRET``, ``CREDIT_TRIAL_AMOUNT`` (5.0),
 ``CREDIT_CALL_COST`` (0.001), ``CREDIT_RATE_LIMIT`` (``60/minute;1000/day``) and
 ``CREDIT_ADMIN_TOKEN`` (unset: no admin routes; set: the admin API and dashboard at ``/admin``,
-guarded by that bearer token). Prometheus metrics are served at ``/metrics``.
+guarded by that token: a bearer token for scripts, the sign-in password for people).
+Prometheus metrics are served at ``/metrics``.
 """
 
 from __future__ import annotations
@@ -26,26 +27,22 @@ from typing import Any
 import jwt
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from credit_middleware import (
+    BackendUnavailable,
+    CreditMiddleware,
+    Credits,
     Identity,
-    Ledger,
-    LocalLocks,
-    Provisioner,
-    RedisLocks,
+    PricedRoute,
+    Pricing,
     TrialPolicy,
-    close_redis,
-    redis_from_url,
+    provision_credits,
 )
-from credit_middleware.admin import admin_app, bearer_token_guard
 from credit_middleware.errors import AccountNotFound
 from credit_middleware.metrics import PrometheusObserver, metrics_app
-from credit_middleware.middleware import CreditMiddleware
-from credit_middleware.pricing import Pricing
-from credit_middleware.pricing import Route as Priced
-from credit_middleware.signup import provision_credits
+from credit_middleware.problems import ledger_down
 from examples.chat import chat_route, warm_up
 
 log = logging.getLogger("examples.app")
@@ -88,51 +85,64 @@ class Settings:
 
 
 class Services:
-    """What the routes share: the ledger, the provisioner, a toy user store."""
+    """What the routes share: one :class:`Credits` (ledger, provisioner, limits, identity) and
+    a toy user store."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.ledger = Ledger(settings.database_url)
-        self.redis: Any = None
-        if settings.redis_url:  # redis://, rediss://, redis+sentinel:// or redis+cluster://
-            self.redis = redis_from_url(settings.redis_url, timeout=1.0)
-        locks = RedisLocks(self.redis) if self.redis is not None else LocalLocks()
-        policy = TrialPolicy(amount=settings.trial_amount)
         # one observer for everything: Prometheus counters and the dashboard's recent refusals
         self.observer = PrometheusObserver()
-        self.provisioner = Provisioner(self.ledger, policy, locks=locks, observer=self.observer)
+        options: dict[str, Any] = {
+            "database_url": settings.database_url,
+            "redis_url": settings.redis_url,  # redis://, rediss://, redis+sentinel://, ...
+            "policy": TrialPolicy(amount=settings.trial_amount),
+            "jwt_secret": settings.jwt_secret,
+            "tiers": {"trial": settings.rate_limit},
+            "default_limits": settings.rate_limit,
+            "pricing": Pricing(
+                default_cost=settings.call_cost,
+                meter="/v1/*",
+                routes=[
+                    PricedRoute("/credits/*", mode="handler"),  # identity and limits, no price
+                    PricedRoute("/v1/chat/completions", mode="handler"),  # its LLM cost
+                ],
+            ),
+            "observer": self.observer,
+        }
+        options.update(settings.middleware)
+        self.credits = Credits(**options)
+        self.ledger = self.credits.ledger
+        self.provisioner = self.credits.provisioner
+        self.redis = self.credits.redis
         self.users: dict[str, tuple[str, bytes, bytes]] = {}  # email -> (id, salt, hash)
-        self._migrated = False
-        self._lock = asyncio.Lock()
 
     async def ready(self) -> None:
-        self.ledger.reopen()  # after an earlier lifespan's close(), as when tests restart it
-        async with self._lock:
-            if not self._migrated:
-                await self.ledger.migrate()
-                self._migrated = True
+        """Migrate now (the app also starts, and migrates later, while the database is down)."""
+        await self.credits.ready()
 
     async def close(self) -> None:
-        await self.ledger.close()
-        if self.redis is not None:
-            await close_redis(self.redis)
+        await self.credits.aclose()
 
     def token(self, user_id: str, email: str | None, *, lifetime: int = 3600) -> str:
         claims = {"sub": user_id, "email": email, "email_verified": False}
         claims["exp"] = int(time.time()) + lifetime  # type: ignore[assignment]
         return jwt.encode(claims, self.settings.jwt_secret, algorithm="HS256")
 
-    def add_user(self, email: str, password: str) -> str | None:
-        """Create a user; None when the e-mail is taken."""
+    async def add_user(self, email: str, password: str) -> str | None:
+        """Create a user; None when the e-mail is taken. scrypt runs off the event loop."""
         if email in self.users:
             return None
         salt = secrets.token_bytes(16)
-        digest = hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1)
+        digest = await asyncio.to_thread(
+            hashlib.scrypt, password.encode(), salt=salt, n=2**14, r=8, p=1
+        )
+        if email in self.users:  # registered while we were hashing
+            return None
         user_id = uuid.uuid4().hex
         self.users[email] = (user_id, salt, digest)
         return user_id
 
-    @provision_credits(lambda self: self.provisioner)  # eager layer, within a 200 ms budget
+    @provision_credits(lambda self: self.credits)  # eager layer, within a 200 ms budget
     async def register(self, request: Request) -> JSONResponse:
         try:
             body = await request.json()
@@ -144,22 +154,21 @@ class Services:
             return JSONResponse({"error": "a valid email is required"}, status_code=400)
         if not isinstance(password, str) or not 8 <= len(password) <= 1024:
             return JSONResponse({"error": "password must be 8-1024 characters"}, status_code=400)
-        user_id = self.add_user(email, password)
+        user_id = await self.add_user(email, password)
         if user_id is None:
             return JSONResponse({"error": "email already registered"}, status_code=409)
-        try:  # the schema is normally migrated at startup; registration never fails for it
-            await self.ready()
-        except Exception:
-            log.exception("ledger not ready; the first request will provision")
         return JSONResponse({"user_id": user_id, "token": self.token(user_id, email)}, 201)
 
-    async def balance(self, request: Request) -> JSONResponse:
+    async def balance(self, request: Request) -> Response:
         identity: Identity = request.state.credit_identity
         try:
-            bal = await self.ledger.balance(identity.account_id)
-        except AccountNotFound:
-            await self.provisioner.ensure_account(identity, layer="request")
-            bal = await self.ledger.balance(identity.account_id)
+            try:
+                bal = await self.ledger.balance(identity.account_id)
+            except AccountNotFound:
+                await self.provisioner.ensure_account(identity, layer="request")
+                bal = await self.ledger.balance(identity.account_id)
+        except BackendUnavailable:  # an outage is a 503 with Retry-After, never a 500
+            return ledger_down()
         return JSONResponse({"balance": str(bal.available), "tier": bal.tier})
 
 
@@ -175,16 +184,17 @@ async def healthz(request: Request) -> JSONResponse:
 
 def create_app(**overrides: Any) -> Starlette:
     """Build the app; keyword overrides replace environment settings (tests use them).
-    Nothing connects until the first request."""
+    Nothing connects until the first request, and the app starts while the database is
+    down (metered routes answer 503 with Retry-After until it is back)."""
     settings = Settings.from_env(**overrides)
     services = Services(settings)
+    credits = services.credits
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await services.ready()
-        await warm_up(app)  # LiteLLM imported now, in a thread, not by the first chat request
-        yield
-        await services.close()
+        async with credits:  # migrates (not failing while the database is down), then closes
+            await warm_up(app)  # LiteLLM imported now, in a thread, not by the first chat request
+            yield
 
     routes: list[BaseRoute] = [
         Route("/auth/register", services.register, methods=["POST"]),
@@ -194,37 +204,12 @@ def create_app(**overrides: Any) -> Starlette:
         Route("/healthz", healthz),
         Route("/metrics", metrics_app(services.observer)),
     ]
-    if settings.admin_token:
-        guard = bearer_token_guard(settings.admin_token)
-        admin = admin_app(services.ledger, authorize=guard, refusals=services.observer)
-        routes.append(Mount("/admin", admin))
+    if settings.admin_token:  # exempt from billing wherever it is mounted; its own guard
+        routes.append(Mount("/admin", credits.admin(token=settings.admin_token)))
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.services = services
-    app.add_middleware(CreditMiddleware, **middleware_options(settings, services))
+    app.add_middleware(CreditMiddleware, credits=credits)
     return app
-
-
-def middleware_options(settings: Settings, services: Services) -> dict[str, Any]:
-    """The one line's arguments, shared with the FastAPI example."""
-    options: dict[str, Any] = {
-        "provisioner": services.provisioner,
-        "observer": services.observer,
-        "redis": services.redis,
-        "jwt_secret": settings.jwt_secret,
-        "tiers": {"trial": settings.rate_limit},
-        "default_limits": settings.rate_limit,
-        "pricing": Pricing(
-            default_cost=settings.call_cost,
-            routes=[
-                Priced("/credits/*", mode="handler"),
-                Priced("/v1/chat/completions", mode="handler"),  # billed by its LLM cost
-                Priced("/admin", mode="exempt"),  # guarded by its own bearer token
-                Priced("/admin/*", mode="exempt"),
-            ],
-        ),
-    }
-    options.update(settings.middleware)
-    return options
 
 
 app = create_app()

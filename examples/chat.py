@@ -29,9 +29,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from credit_middleware import Identity, InsufficientCredits, Provisioner
+from credit_middleware import BackendUnavailable, Identity, InsufficientCredits, Provisioner
 from credit_middleware.errors import ConfigurationError
-from credit_middleware.problems import ProblemResponse, problem
+from credit_middleware.problems import ProblemResponse, ledger_down, problem
 
 __all__ = ["DEFAULT_MOCK", "ChatEndpoint", "chat_route", "warm_up"]
 
@@ -176,6 +176,8 @@ class ChatEndpoint:
             )
         except UnknownModelPrice as exc:
             return problem("invalid-request", str(exc))
+        except BackendUnavailable:  # the ledger, not the provider: 503 with Retry-After
+            return ledger_down()
         except Exception as exc:  # LiteLLM's provider errors; the hold was released
             status = getattr(exc, "status_code", None)
             code = 504 if status in (408, 504) else 502

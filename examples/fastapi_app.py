@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
-from credit_middleware.middleware import CreditMiddleware
-from examples.app import Services, Settings, middleware_options
+from credit_middleware import CreditMiddleware
+from examples.app import Services, Settings
 
 
 def create_app(**overrides: Any) -> FastAPI:
     """Build the app; keyword overrides replace environment settings (tests use them)."""
     settings = Settings.from_env(**overrides)
     services = Services(settings)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await services.ready()
-        yield
-        await services.close()
-
-    app = FastAPI(lifespan=lifespan)
+    app = FastAPI(lifespan=services.credits.lifespan)
     app.state.services = services
 
     @app.post("/auth/register", status_code=201)
@@ -36,14 +27,14 @@ def create_app(**overrides: Any) -> FastAPI:
         return {"msg": msg, "balance": str(request.state.credit_balance)}
 
     @app.get("/credits/balance")
-    async def balance(request: Request) -> JSONResponse:
+    async def balance(request: Request) -> Response:
         return await services.balance(request)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, bool]:
         return {"ok": True}
 
-    app.add_middleware(CreditMiddleware, **middleware_options(settings, services))
+    app.add_middleware(CreditMiddleware, credits=services.credits)
     return app
 
 

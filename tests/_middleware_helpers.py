@@ -93,7 +93,8 @@ def build_app(**options: Any) -> Starlette:
             Route("/healthz", health),
         ]
     )
-    options.setdefault("jwt_secret", SECRET)
+    if "credits" not in options:  # a shared Credits carries its own identity options
+        options.setdefault("jwt_secret", SECRET)
     app.add_middleware(CreditMiddleware, **options)
     return app
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
+import uuid
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Annotated, Any
 
 import httpx
@@ -162,7 +164,12 @@ def test_default_account_id_reads_keys_attributes_and_bodies() -> None:
     assert default_account_id(UserOut(user_id="b", email="e@x"), None) == "b"
     assert default_account_id(JSONResponse({"user_id": "c"}), None) == "c"
     assert default_account_id(JSONResponse({"user_id": "c"}, status_code=500), None) is None
-    assert default_account_id({"id": "d"}, None) is None
+    # `id` too (fastapi-users, ORMs), after `user_id`; UUIDs and ints become strings
+    assert default_account_id({"id": "d"}, None) == "d"
+    assert default_account_id({"id": "x", "user_id": "y"}, None) == "y"
+    uid = uuid.uuid4()
+    assert default_account_id(SimpleNamespace(id=uid), None) == str(uid)
+    assert default_account_id({"id": None}, None) is None
     assert default_account_id(None, None) is None
     assert default_account_id({"user_id": True}, None) is None
 
