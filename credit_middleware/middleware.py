@@ -116,7 +116,6 @@ class CreditMiddleware:
         self._max_stored_body = credits.max_stored_body
         self._max_request_body = credits.max_request_body
         self.outcomes = Outcomes(self.ledger, self._timeout, self.observer)
-        self._migrate_lock = asyncio.Lock()
         self._started = False
         # account -> (tier, monotonic time to look again): a tier change (an upgrade) is
         # picked up within TIER_TTL seconds without a read on every request.
@@ -270,10 +269,8 @@ class CreditMiddleware:
     async def _migrate(self) -> None:
         if self._migrated:
             return
-        async with self._migrate_lock:
-            if not self._migrated:
-                await self.call(self.ledger.migrate())
-                self._migrated = True
+        await self.credits.ready()  # shared by everything built on the same Credits
+        self._migrated = True
 
     async def _tier_of(self, identity: Identity) -> str:
         aid = identity.account_id
@@ -394,7 +391,13 @@ class CreditMiddleware:
                 denied = account.metadata.get("trial_denied")
         except BackendUnavailable:
             pass
-        return insufficient(exc, tier=bill.tier, trial_denied=denied, headers=bill.headers)
+        return insufficient(
+            exc,
+            tier=bill.tier,
+            trial_denied=denied,
+            headers=bill.headers,
+            balance_header=self._balance_header,
+        )
 
 
 def _same(receipt: Receipt) -> Receipt:

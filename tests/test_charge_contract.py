@@ -393,3 +393,11 @@ async def test_concurrent_requests_right_after_a_late_trial_grant_are_served(
         )
     assert [r.status_code for r in rs] == [200] * 20
     assert await balance(ledger, "late") == Decimal("20") - 20 * Decimal("0.5")
+
+
+async def test_a_402_carries_the_configured_balance_header(ledger: Ledger) -> None:
+    app = build(ledger, Work(), policy=TrialPolicy(amount=Decimal("0.2")), balance_header="X-Left")
+    async with client(app) as c:
+        r = await c.post("/v1/work", content=b"x", headers=bearer("u1"))
+    assert r.status_code == 402 and r.headers["x-left"] == "0.2"
+    assert "credit-balance" not in r.headers
