@@ -45,6 +45,24 @@ class Conn(abc.ABC):
         return None if row is None else next(iter(row.values()))
 
 
+class Dropped(Exception):
+    """An operation whose caller was cancelled before it started (nobody hears of it)."""
+
+
+class Ticket:
+    """Set when an operation's caller is gone: a not yet started operation is dropped."""
+
+    __slots__ = ("dropped",)
+
+    def __init__(self) -> None:
+        self.dropped = False
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # its caller was cancelled: nobody else will look
+
+
 class Executor(abc.ABC):
     """Runs ledger operations: ``run(fn)`` is the way; ``transaction()`` (writes) and
     ``read()`` hand out a connection for a block of statements."""
@@ -53,13 +71,30 @@ class Executor(abc.ABC):
     _closed: bool = False
 
     async def run(self, fn: Callable[[Conn], Awaitable[T]], *, write: bool = True) -> T:
-        """``await fn(conn)`` in one transaction (``write``) or one read, and return its result.
+        """``await fn(conn)`` in one transaction (``write``) or one read; return its result.
 
-        ``fn`` is a whole operation: it may await only the ``Conn`` it is given (the SQLite
-        executor runs it synchronously in its database thread, and batches concurrent ones
-        into one commit), and it may be run after its caller was cancelled (the result is then
-        discarded), never half way: cancelling a caller never leaves a transaction open.
+        ``fn`` is a whole operation and may await only the ``Conn`` it is given (the SQLite
+        executor runs it synchronously in its database thread, batched with its neighbours
+        into one commit). A read (``write=False``) is one read transaction on SQLite (a
+        consistent snapshot); on PostgreSQL its statements autocommit unless ``fn`` begins.
+
+        Cancelling the caller never cancels the operation half way (that would leave a
+        connection inside a transaction, or make asyncpg abort it): one not yet started is
+        dropped, one started completes and its result is discarded; the caller gets
+        ``CancelledError`` at once, as usual.
         """
+        ticket = Ticket()
+        task = asyncio.ensure_future(self._complete(fn, write, ticket))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            ticket.dropped = True
+            task.add_done_callback(_retrieve)
+            raise
+
+    async def _complete(self, fn: Callable[[Conn], Awaitable[T]], write: bool, ticket: Ticket) -> T:
+        if ticket.dropped:
+            raise Dropped
         block = self.transaction() if write else self.read()
         async with block as conn:
             return await fn(conn)

@@ -22,7 +22,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
 from ..errors import BackendUnavailable
-from ._executor import Conn, Dialect, Executor, Row
+from ._executor import Conn, Dialect, Dropped, Executor, Row, Ticket
 from ._sqlite_core import split_script, sqlite_sql
 
 T = TypeVar("T")
@@ -43,22 +43,6 @@ async def _settled(aw: Awaitable[T]) -> T:
             task.exception()  # retrieved: the caller hears of its cancellation instead
         raise interrupted
     return task.result()
-
-
-class _Dropped(Exception):
-    """An operation whose caller was cancelled before it started."""
-
-
-class _Ticket:
-    __slots__ = ("dropped",)
-
-    def __init__(self) -> None:
-        self.dropped = False
-
-
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
 
 
 class _DbConn(Conn):
@@ -105,17 +89,7 @@ class DatabasesExecutor(Executor):
         self._cache: dict[str, str] = {}
         self._connected_here = False
 
-    async def run(self, fn: Callable[[Conn], Awaitable[T]], *, write: bool = True) -> T:
-        ticket = _Ticket()
-        task = asyncio.ensure_future(self._own(fn, write, ticket))
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            ticket.dropped = True  # still waiting for the lock: it will not start
-            task.add_done_callback(_retrieve)
-            raise
-
-    async def _own(self, fn: Callable[[Conn], Awaitable[T]], write: bool, ticket: _Ticket) -> T:
+    async def _complete(self, fn: Callable[[Conn], Awaitable[T]], write: bool, ticket: Ticket) -> T:
         async with self._use(write, ticket, snapshot=True) as conn:
             return await fn(conn)
 
@@ -151,13 +125,13 @@ class DatabasesExecutor(Executor):
 
     @asynccontextmanager
     async def _use(
-        self, write: bool, ticket: _Ticket | None = None, *, snapshot: bool = False
+        self, write: bool, ticket: Ticket | None = None, *, snapshot: bool = False
     ) -> AsyncIterator[Conn]:
         """A block on the connection: a write transaction, or a read (with ``snapshot``, one
         read transaction, as the embedded default's reads)."""
         async with self._lock:
             if ticket is not None and ticket.dropped:
-                raise _Dropped
+                raise Dropped  # its caller was cancelled while it waited for the lock
             raw = await self._open()
             conn = _DbConn(raw, self._cache)
             try:
