@@ -121,7 +121,7 @@ async def test_bursts_of_first_requests_with_random_cancellations(any_ledger: Le
 async def test_first_requests_over_http_cancelled_by_the_client(sqlite_url: str) -> None:
     """The same through the middleware on the embedded default: clients that give up (the
     request task is cancelled inside the app), then a plain request is served, not 503."""
-    app = build_app(database_url=sqlite_url, default_limits=None)
+    app = build_app(database_url=sqlite_url, default_limits=None, tiers={"trial": "100000/minute"})
     rng = random.Random(13)
     async with client(app) as http:
         assert (await http.get("/healthz")).status_code == 200
