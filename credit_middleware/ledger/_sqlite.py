@@ -97,7 +97,6 @@ class SqliteExecutor(Executor):
         self._thread: threading.Thread | None = None
         self._stopped: asyncio.Future[Any] | None = None
         self._claims = threading.Lock()  # a caller dropping an item vs the thread starting it
-        self._conn: Direct | None = None  # the thread's alone
 
     # ------------------------------------------------------------------ the event loop's side
 
@@ -177,12 +176,14 @@ class SqliteExecutor(Executor):
     # ------------------------------------------------------------------ the thread's side
 
     def _work(self, inbox: queue.SimpleQueue[Item]) -> None:
+        conn: Direct | None = None  # this thread's alone (a reopened executor has another)
         carry: Item | None = None
         while True:
             item = carry if carry is not None else inbox.get()
             carry = None
             if item.fn is None and item.inbox is None:  # stop
-                self._disconnect()
+                if conn is not None:
+                    _disconnect(conn)
                 _send([(item.loop, item.future, None, None)])
                 return
             batch = [item]
@@ -199,7 +200,7 @@ class SqliteExecutor(Executor):
             if not batch:
                 continue
             try:
-                conn = self._connect()
+                conn = conn or self._connect()
                 if item.inbox is not None:
                     if self._claim(item):
                         serve_session(conn, item, _send)
@@ -209,7 +210,9 @@ class SqliteExecutor(Executor):
                 _send([(it.loop, it.future, None, _again(exc)) for it in batch])
             except BaseException as exc:  # pragma: no cover - a bug; the thread must outlive it
                 log.exception("the SQLite ledger thread failed")
-                self._reset()
+                if conn is not None:  # no transaction may stay open: start afresh
+                    _disconnect(conn)
+                    conn = None
                 failed = BackendUnavailable("database", f"the ledger thread failed: {exc!r}")
                 _send([(it.loop, it.future, None, _again(failed)) for it in batch])
 
@@ -221,43 +224,33 @@ class SqliteExecutor(Executor):
             return False
 
     def _connect(self) -> Direct:
-        if self._conn is None:
-            folder = os.path.dirname(self._path) or "."
-            if self._path != ":memory:" and not os.path.isdir(folder):
-                detail = f"no directory for the SQLite file {self._path!r}"
-                raise BackendUnavailable("database", detail)
-            try:
-                raw = sqlite3.connect(
-                    self._path, timeout=self._busy_timeout_ms / 1000, isolation_level=None
-                )
-                for pragma in (
-                    "PRAGMA journal_mode=WAL",
-                    f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}",
-                    "PRAGMA foreign_keys=ON",
-                    "PRAGMA synchronous=FULL",
-                ):
-                    raw.execute(pragma).close()
-            except (OSError, sqlite3.Error) as exc:
-                raise BackendUnavailable("database", repr(exc)) from exc
-            self._conn = Direct(raw)
-        return self._conn
-
-    def _disconnect(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                if conn.raw.in_transaction:
-                    conn.raw.execute("ROLLBACK")
-            finally:
-                conn.raw.close()
-
-    def _reset(self) -> None:
-        """After an unexpected failure: no transaction may stay open."""
+        folder = os.path.dirname(self._path) or "."
+        if self._path != ":memory:" and not os.path.isdir(folder):
+            raise BackendUnavailable("database", f"no directory for the SQLite file {self._path!r}")
+        raw: sqlite3.Connection | None = None
         try:
-            if self._conn is not None and self._conn.raw.in_transaction:
-                self._conn.raw.execute("ROLLBACK")
-        except sqlite3.Error:
-            self._disconnect()
+            raw = sqlite3.connect(
+                self._path, timeout=self._busy_timeout_ms / 1000, isolation_level=None
+            )
+            for pragma in (
+                "PRAGMA journal_mode=WAL",
+                f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}",
+                "PRAGMA foreign_keys=ON",
+                "PRAGMA synchronous=FULL",
+            ):
+                raw.execute(pragma).close()
+        except (OSError, sqlite3.Error) as exc:
+            if raw is not None:
+                raw.close()
+            raise BackendUnavailable("database", repr(exc)) from exc
+        return Direct(raw)
+
+
+def _disconnect(conn: Direct) -> None:
+    with contextlib.suppress(sqlite3.Error):
+        if conn.raw.in_transaction:
+            conn.raw.execute("ROLLBACK")
+    conn.raw.close()
 
 
 class _SessionConn(Conn):
