@@ -501,18 +501,12 @@ class Ledger(RequestStore):
         key = check_key(key) if key is not None else f"tier:{uuid.uuid4().hex}"
         layer = _label(layer, "layer")
         meta = _metadata(metadata)
-        async with self._tx() as conn:
-            change = await change_tier(
-                conn,
-                self.now_us(),
-                account_id,
-                tier,
-                key,
-                layer=layer,
-                reason=reason,
-                metadata=meta,
+        now = self.now_us()
+        return await self._run(
+            lambda conn: change_tier(
+                conn, now, account_id, tier, key, layer=layer, reason=reason, metadata=meta
             )
-        return change
+        )
 
     async def purchase(
         self,
@@ -552,7 +546,8 @@ class Ledger(RequestStore):
         grant_meta |= {"reason": reason} if reason else {}
         spec = _ops.GrantSpec(micros, "purchase", key, priority, now, ends)
         tag = Tag(key, _label(layer, "layer"), None, None, grant_meta or None)
-        async with self._tx() as conn:
+
+        async def purchase(conn: Conn) -> Purchase:
             out = await _ops.grant(conn, now, account_id, spec, tag)
             receipt = self._receipt(out)
             change = None
@@ -572,7 +567,9 @@ class Ledger(RequestStore):
                     raise IdempotencyConflict(account_id, key, "already used for a grant")
             elif receipt.replayed and await keyed_event(conn, account_id, key) is not None:
                 raise IdempotencyConflict(account_id, key, "already used with a tier change")
-        return Purchase(receipt, change)
+            return Purchase(receipt, change)
+
+        return await self._run(purchase)
 
     async def provision(
         self,
@@ -798,8 +795,9 @@ class Ledger(RequestStore):
         account_id = check_account_id(account_id)
         if not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise ValueError("limit must be between 1 and 1000")
-        async with self._x.read() as conn:
-            return await _tiers.tier_history(conn, account_id, limit)
+        return await self._run(
+            lambda conn: _tiers.tier_history(conn, account_id, limit), write=False
+        )
 
     async def search_accounts(self, query: str = "", *, limit: int = 50) -> list[Account]:
         """Accounts whose id starts with ``query``, or with that e-mail (``a@b.c``) or e-mail
@@ -807,8 +805,9 @@ class Ledger(RequestStore):
         query = check_query(query)
         if not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise ValueError("limit must be between 1 and 1000")
-        async with self._x.read() as conn:
-            return await _search.search_accounts(conn, query, limit)
+        return await self._run(
+            lambda conn: _search.search_accounts(conn, query, limit), write=False
+        )
 
     async def usage_by_route(
         self,
@@ -824,19 +823,20 @@ class Ledger(RequestStore):
         if lo >= hi:
             raise ValueError("since must be before until")
         aid = check_account_id(account_id) if account_id is not None else None
-        async with self._x.read() as conn:
-            return await _search.usage_by_route(conn, lo, hi, aid)
+        return await self._run(lambda conn: _search.usage_by_route(conn, lo, hi, aid), write=False)
 
     async def pending_migrations(self) -> list[int]:
         """The schema versions this library has that the database lacks (all of them when the
         database holds no ledger yet)."""
-        have: set[int] = set()
-        async with self._x.read() as conn:
+
+        async def applied(conn: Conn) -> set[int]:
             try:
                 rows = await conn.fetch(f"SELECT version FROM {VERSION_TABLE}")
-                have = {int(r["version"]) for r in rows}
             except Exception:  # no version table: an empty (or foreign) database
-                have = set()
+                return set()
+            return {int(r["version"]) for r in rows}
+
+        have = await self._run(applied, write=False)
         return [v for v, _, _ in migrations(self._x.dialect) if v not in have]
 
     # ------------------------------------------------------------------ helpers
