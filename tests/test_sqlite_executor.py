@@ -50,8 +50,9 @@ def executor(ledger: Ledger) -> SqliteExecutor:
 class Gate:
     """Holds the database thread inside an operation until opened; records its statements."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, *, write: bool = True) -> None:
         self.x = executor(ledger)
+        self.write = write
         self.entered = threading.Event()
         self.open = threading.Event()
         self.trace: list[str] = []
@@ -63,7 +64,7 @@ class Gate:
         self.open.wait(10)
 
     async def __aenter__(self) -> Gate:
-        self.task = asyncio.ensure_future(self.x.run(self._hold))
+        self.task = asyncio.ensure_future(self.x.run(self._hold, write=self.write))
         assert await asyncio.to_thread(self.entered.wait, 10)
         return self
 
@@ -119,6 +120,35 @@ async def test_queued_operations_share_one_commit_and_fail_alone(led: Ledger) ->
     debits = [e for e in reversed(await led.history("a", limit=100)) if e.kind == "debit"]
     assert [e.key for e in debits] == [f"k{i}" for i in range(40)]  # FIFO
     assert (await led.balance("a")).available == Decimal("9.6")
+
+
+async def test_a_batch_that_cannot_begin_fails_at_once_not_one_by_one(sqlite_url: str) -> None:
+    """Another process holds the write lock past busy_timeout: the whole batch is told the
+    database is unavailable after one wait, not one wait per operation."""
+    import sqlite3
+
+    led = Ledger(executor=SqliteExecutor(sqlite_url, busy_timeout_ms=100))
+    await led.migrate()
+    await led.open_account("a")
+    await led.grant("a", "10")
+    other = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+    try:
+        async with Gate(led, write=False) as gate:
+            other.execute("BEGIN IMMEDIATE")  # the other process takes the write lock
+            tasks = [asyncio.ensure_future(led.debit("a", "0.01")) for _ in range(20)]
+            await gate.release()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        trace = list(gate.trace)
+        other.execute("ROLLBACK")
+        await gate.untraced()
+        assert all(isinstance(r, BackendUnavailable) for r in results), results
+        assert not any(r.maybe_applied for r in results if isinstance(r, BackendUnavailable))
+        assert trace.count("BEGIN IMMEDIATE") == 1
+        assert (await led.debit("a", "1")).available == 9  # served again once the lock is free
+        assert (await led.verify()).ok
+    finally:
+        other.close()
+        await led.close()
 
 
 async def test_an_operation_cancelled_while_queued_never_runs(led: Ledger) -> None:

@@ -150,7 +150,7 @@ def run_batch(conn: Direct, queued: list[Item], claim: Callable[[Item], bool]) -
             if outcomes[i][1] is None:
                 outcomes[i] = (None, _unavailable(why, exc))
 
-    for item in queued:
+    for n, item in enumerate(queued):
         assert item.fn is not None
         if not claim(item):
             continue
@@ -158,9 +158,13 @@ def run_batch(conn: Direct, queued: list[Item], claim: Callable[[Item], bool]) -
         if not raw.in_transaction:  # the first, or a failure took the transaction with it
             try:
                 raw.execute(begin)
-            except sqlite3.Error as exc:
+            except sqlite3.Error as exc:  # locked by another process past busy_timeout, say:
                 outcomes.append((None, _unavailable("cannot begin", exc)))
-                continue
+                for rest in queued[n + 1 :]:  # the others would only wait as long again
+                    if claim(rest):
+                        items.append(rest)
+                        outcomes.append((None, _unavailable("cannot begin", exc)))
+                break
             since = len(outcomes)
         if not alone:
             raw.execute("SAVEPOINT op")
