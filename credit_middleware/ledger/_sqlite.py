@@ -172,6 +172,7 @@ class SqliteExecutor(Executor):
             self._thread, self._stopped = None, stop.future
         if self._stopped is not None:
             await asyncio.shield(self._stopped)
+            self._stopped = None  # a later close(), on another event loop, waits for nothing
 
     # ------------------------------------------------------------------ the thread's side
 
