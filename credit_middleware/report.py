@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .ledger import Ledger
+from .ledger._executor import Conn, Row
 from .ledger.models import dt_to_us
 from .money import from_micros
 
@@ -93,10 +94,11 @@ WHERE a.created_at >= $1 AND a.created_at < $2
 GROUP BY COALESCE(a.cohort, '{NO_COHORT}') ORDER BY 1
 """
 # PostgreSQL: one consistent snapshot for every query, and no JIT (it costs more than it
-# saves on these aggregates); SQLite: a read transaction is a snapshot too (WAL).
+# saves on these aggregates); SQLite: the executor's read is one read transaction, a snapshot
+# too (WAL).
 _BEGIN = {
     "postgresql": ("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", "SET LOCAL jit = off"),
-    "sqlite": ("BEGIN",),
+    "sqlite": (),
 }
 
 
@@ -218,19 +220,24 @@ async def build_report(
     if lo >= hi:
         raise ValueError("since must be before until")
     by = _PROVISIONED_BY[ledger.dialect]
-    # Executor.read() is annotated as an AsyncIterator; it is an async context manager.
-    reading: Any = ledger._x.read()
-    async with reading as conn:
-        for statement in _BEGIN[ledger.dialect]:
+    begin = _BEGIN[ledger.dialect]
+
+    async def read(conn: Conn) -> list[list[Row]]:
+        for statement in begin:
             await conn.execute(statement)
         try:
-            accounts = await conn.fetch(_ACCOUNTS.format(by=by, day=DAY_US), lo, hi)
-            entries = await conn.fetch(_ENTRIES, lo, hi)
-            granted = await conn.fetch(_GRANTED, lo, hi)
-            usage = await conn.fetch(_USAGE, lo, hi, top)
-            cohorts = await conn.fetch(_COHORTS, lo, hi)
+            return [
+                await conn.fetch(_ACCOUNTS.format(by=by, day=DAY_US), lo, hi),
+                await conn.fetch(_ENTRIES, lo, hi),
+                await conn.fetch(_GRANTED, lo, hi),
+                await conn.fetch(_USAGE, lo, hi, top),
+                await conn.fetch(_COHORTS, lo, hi),
+            ]
         finally:
-            await conn.execute("COMMIT")  # read only: nothing to keep or lose
+            if begin:
+                await conn.execute("COMMIT")  # read only: nothing to keep or lose
+
+    accounts, entries, granted, usage, cohorts = await ledger._x.run(read, write=False)
 
     provisioned: dict[str, int] = {}
     trials: dict[str, int] = {}

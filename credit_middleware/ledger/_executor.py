@@ -1,26 +1,24 @@
 """Thin executors: the only code that knows which driver runs the SQL core.
 
-Statements are written once with PostgreSQL's ``$1`` placeholders; the SQLite executor rewrites
-them to SQLite's numbered ``?1`` form (cached), so both backends run the same text.
+Statements are written once with PostgreSQL's ``$1`` placeholders; the SQLite executors rewrite
+them to SQLite's numbered ``?1`` form (cached), so both backends run the same text. This module
+holds the interface and asyncpg; SQLite is in ``_sqlite`` (the embedded default, stdlib
+``sqlite3``) and ``_sqlite_databases`` (an app's own ``databases.Database``).
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
-import os
-import re
-import sqlite3
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from ..errors import BackendUnavailable, ConfigurationError
 
 Row = Mapping[str, Any]
 Dialect = Literal["postgresql", "sqlite"]
-
-_PLACEHOLDER = re.compile(r"\$(\d+)")
+T = TypeVar("T")
 
 
 class Conn(abc.ABC):
@@ -47,11 +45,59 @@ class Conn(abc.ABC):
         return None if row is None else next(iter(row.values()))
 
 
+class Dropped(Exception):
+    """An operation whose caller was cancelled before it started (nobody hears of it)."""
+
+
+class Ticket:
+    """Set when an operation's caller is gone: a not yet started operation is dropped."""
+
+    __slots__ = ("dropped",)
+
+    def __init__(self) -> None:
+        self.dropped = False
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # its caller was cancelled: nobody else will look
+
+
 class Executor(abc.ABC):
-    """Hands out connections: ``transaction()`` for writes, ``read()`` for reads."""
+    """Runs ledger operations: ``run(fn)`` is the way; ``transaction()`` (writes) and
+    ``read()`` hand out a connection for a block of statements."""
 
     dialect: Dialect
     _closed: bool = False
+
+    async def run(self, fn: Callable[[Conn], Awaitable[T]], *, write: bool = True) -> T:
+        """``await fn(conn)`` in one transaction (``write``) or one read; return its result.
+
+        ``fn`` is a whole operation and may await only the ``Conn`` it is given (the SQLite
+        executor runs it synchronously in its database thread, batched with its neighbours
+        into one commit). A read (``write=False``) is one read transaction on SQLite (a
+        consistent snapshot); on PostgreSQL its statements autocommit unless ``fn`` begins.
+
+        Cancelling the caller never cancels the operation half way (that would leave a
+        connection inside a transaction, or make asyncpg abort it): one not yet started is
+        dropped, one started completes and its result is discarded; the caller gets
+        ``CancelledError`` at once, as usual.
+        """
+        ticket = Ticket()
+        task = asyncio.ensure_future(self._complete(fn, write, ticket))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            ticket.dropped = True
+            task.add_done_callback(_retrieve)
+            raise
+
+    async def _complete(self, fn: Callable[[Conn], Awaitable[T]], write: bool, ticket: Ticket) -> T:
+        if ticket.dropped:
+            raise Dropped
+        block = self.transaction() if write else self.read()
+        async with block as conn:
+            return await fn(conn)
 
     @abc.abstractmethod
     def transaction(self) -> AbstractAsyncContextManager[Conn]: ...
@@ -232,145 +278,3 @@ class AsyncpgExecutor(Executor):
                 pool, self._pool = self._pool, None
                 await pool.close()
             # a caller's pool stays the caller's: kept (for reopen()) and never closed here
-
-
-# --------------------------------------------------------------------------- databases / SQLite
-
-
-class _SqliteConn(Conn):
-    dialect: Dialect = "sqlite"
-
-    def __init__(self, raw: Any, cache: dict[str, str]) -> None:
-        self._raw = raw
-        self._cache = cache
-
-    def _sql(self, sql: str) -> str:
-        out = self._cache.get(sql)
-        if out is None:
-            out = self._cache[sql] = _PLACEHOLDER.sub(r"?\1", sql)
-        return out
-
-    async def fetch(self, sql: str, *args: Any) -> list[Row]:
-        cursor = await self._raw.execute(self._sql(sql), args)
-        try:
-            rows: Sequence[Sequence[Any]] = await cursor.fetchall()
-            names = [d[0] for d in cursor.description or ()]
-        finally:
-            await cursor.close()
-        return [dict(zip(names, row, strict=True)) for row in rows]
-
-    async def execute(self, sql: str, *args: Any) -> None:
-        cursor = await self._raw.execute(self._sql(sql), args)
-        await cursor.close()
-
-    async def executescript(self, sql: str) -> None:
-        # sqlite3's own executescript() commits first; run complete statements one by one so a
-        # migration stays inside our transaction (triggers hold ';' inside BEGIN ... END).
-        buffer = ""
-        for piece in sql.split(";"):
-            buffer += piece + ";"
-            if sqlite3.complete_statement(buffer):
-                if buffer.strip(" \n;"):
-                    await self.execute(buffer)
-                buffer = ""
-
-
-class SqliteExecutor(Executor):
-    """SQLite through ``databases`` + aiosqlite: one dedicated connection, WAL mode.
-
-    SQLite has one writer at a time, so this process serialises its own work with a lock and
-    takes the database's write lock up front (``BEGIN IMMEDIATE``); other processes (the CLI
-    next to a running app) wait on ``busy_timeout``.
-    """
-
-    dialect: Dialect = "sqlite"
-
-    def __init__(
-        self, url: str | None = None, *, database: Any = None, busy_timeout_ms: int = 5000
-    ) -> None:
-        if database is None:
-            if url is None:
-                raise ValueError("SqliteExecutor needs a URL or a databases.Database")
-            import databases
-
-            database = databases.Database(url)
-        self._database = database
-        self._busy_timeout_ms = busy_timeout_ms
-        self._conn: Any = None
-        self._raw: Any = None
-        self._lock = asyncio.Lock()
-        self._cache: dict[str, str] = {}
-        self._connected_here = False
-
-    async def _open(self) -> Any:
-        if self._closed:
-            raise BackendUnavailable("database", "the ledger is closed")
-        if self._raw is None:
-            path = str(getattr(self._database.url, "database", "") or "")
-            folder = os.path.dirname(path) or "."
-            if path and path != ":memory:" and not await asyncio.to_thread(os.path.isdir, folder):
-                raise BackendUnavailable("database", f"no directory for the SQLite file {path!r}")
-            try:
-                if not self._database.is_connected:
-                    await self._database.connect()
-                    self._connected_here = True
-                conn = self._database.connection()
-                await conn.__aenter__()
-                raw = conn.raw_connection
-                for pragma in (
-                    "PRAGMA journal_mode=WAL",
-                    f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}",
-                    "PRAGMA foreign_keys=ON",
-                    "PRAGMA synchronous=FULL",
-                ):
-                    await (await raw.execute(pragma)).close()
-            except (OSError, sqlite3.Error) as exc:
-                # aiosqlite stops its worker thread without waiting for it after a failed
-                # connect; give the thread a moment so it doesn't outlive the event loop
-                await asyncio.sleep(0.05)
-                raise BackendUnavailable("database", repr(exc)) from exc
-            self._conn, self._raw = conn, raw
-        return self._raw
-
-    @asynccontextmanager
-    async def _use(self, write: bool) -> AsyncIterator[Conn]:
-        async with self._lock:
-            raw = await self._open()
-            conn = _SqliteConn(raw, self._cache)
-            if not write:
-                yield conn
-                return
-            try:
-                await conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise BackendUnavailable("database", repr(exc)) from exc
-            try:
-                yield conn
-            except BaseException:
-                await conn.execute("ROLLBACK")
-                raise
-            else:
-                try:
-                    await conn.execute("COMMIT")
-                except sqlite3.OperationalError as exc:
-                    await conn.execute("ROLLBACK")
-                    raise BackendUnavailable("database", repr(exc)) from exc
-
-    def transaction(self) -> AbstractAsyncContextManager[Conn]:
-        return self._use(write=True)
-
-    def read(self) -> AbstractAsyncContextManager[Conn]:
-        return self._use(write=False)
-
-    async def close(self) -> None:
-        """Wait for the operation in progress, then close. Later operations fail as unavailable:
-        reopening would start an aiosqlite worker thread that nobody closes, and that
-        non-daemon thread keeps the process from exiting."""
-        async with self._lock:
-            self._closed = True
-            if self._conn is not None:
-                conn, self._conn, self._raw = self._conn, None, None
-                await conn.__aexit__(None, None, None)
-            if self._connected_here and self._database.is_connected:
-                # a caller's own, already connected Database stays the caller's to close
-                await self._database.disconnect()

@@ -13,20 +13,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from ..errors import AccountNotFound
 from ..money import check_account_id, check_key
 from . import _ops, _requests
+from ._executor import Conn
 from ._requests import StoredResponse
 from ._tx import ENTRY_COLS, HOLD_COLS, Tag, lock
 from .models import Entry, Hold, Receipt
 
-if TYPE_CHECKING:
-    from .ledger import _guarded
+T = TypeVar("T")
 
 __all__ = ["ChargeSpec", "RequestStart", "RequestStore", "StoredResponse"]
 
@@ -63,7 +63,7 @@ class RequestStore:
 
     if TYPE_CHECKING:
 
-        def _tx(self) -> _guarded: ...
+        async def _run(self, fn: Callable[[Conn], Awaitable[T]], *, write: bool = True) -> T: ...
 
         def now_us(self) -> int: ...
 
@@ -114,7 +114,8 @@ class RequestStore:
             micros, meta = self._charge(charge.amount, True, charge.metadata)
             hold_us = _seconds(charge.hold_timeout, "hold_timeout")
         now = self.now_us()
-        async with self._tx() as conn:
+
+        async def begin(conn: Conn) -> RequestStart:
             if charge is not None:  # the account first: the lock order of every operation
                 await lock(conn, account_id, now)
             found = await _requests.claim(
@@ -135,7 +136,9 @@ class RequestStore:
             else:
                 out = await _ops.debit(conn, now, account_id, micros, tag)
             await _requests.set_charge(conn, account_id, key, owner)
-        return RequestStart(found.state, self._receipt(out), charge_key=owner)  # type: ignore[arg-type]
+            return RequestStart(found.state, self._receipt(out), charge_key=owner)  # type: ignore[arg-type]
+
+        return await self._run(begin)
 
     async def finish_request(
         self,
@@ -164,8 +167,9 @@ class RequestStore:
         if capture is not None:
             capture_micros, meta = self._charge(capture[1], True, None, allow_zero=True)
         now = self.now_us()
-        out: _ops.Outcome | None = None
-        async with self._tx() as conn:
+
+        async def finish(conn: Conn) -> Receipt | None:
+            out: _ops.Outcome | None = None
             moves = refund is not None or release is not None or capture is not None
             if moves:
                 await lock(conn, account_id, now)
@@ -183,7 +187,9 @@ class RequestStore:
                 await _requests.free(conn, account_id, key)
             else:
                 await _requests.store(conn, account_id, key, response, now + ttl_us)
-        return None if out is None else self._receipt(out)
+            return None if out is None else self._receipt(out)
+
+        return await self._run(finish)
 
     async def resolve_charge(
         self, account_id: str, charge_key: str, *, reverse: bool = False, reason: str = "unknown"
@@ -195,7 +201,8 @@ class RequestStore:
         account_id = check_account_id(account_id)
         charge_key = check_key(charge_key)
         now = self.now_us()
-        async with self._tx() as conn:
+
+        async def resolve(conn: Conn) -> Receipt | None:
             try:
                 ctx = await lock(conn, account_id, now)
             except AccountNotFound:
@@ -214,12 +221,14 @@ class RequestStore:
             if out is None:
                 available = await _ops._available(ctx)
                 return Receipt(entry=entry, replayed=True, available_micros=available)
-        return self._receipt(out)
+            return self._receipt(out)
+
+        return await self._run(resolve)
 
     async def purge_requests(self, limit: int = 1000) -> int:
         """Forget up to ``limit`` expired idempotent requests; returns how many."""
-        async with self._tx() as conn:
-            return await _requests.purge(conn, self.now_us(), limit)
+        now = self.now_us()
+        return await self._run(lambda conn: _requests.purge(conn, now, limit))
 
 
 def _seconds(value: object, name: str) -> int:

@@ -6,10 +6,10 @@ import json
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import (
     AccountNotFound,
@@ -25,8 +25,10 @@ from ..errors import (
 from ..money import check_account_id, check_key, cost_to_micros, from_micros, to_micros
 from . import _ops, _search, _tiers, _verify
 from ._batch import DebitBatcher, DebitItem
-from ._executor import AsyncpgExecutor, Conn, Executor, SqliteExecutor
+from ._executor import AsyncpgExecutor, Conn, Executor, Row
 from ._search import RouteUsage, check_query
+from ._sqlite import SqliteExecutor
+from ._sqlite_databases import DatabasesExecutor
 from ._tiers import Purchase, TierChange, change_tier, check_reason, check_tier, keyed_event
 from ._tx import (
     ACCOUNT_COLS,
@@ -46,6 +48,8 @@ from .schema import VERSION_TABLE, current_version, migrate, migrations
 
 __all__ = ["Ledger"]
 
+T = TypeVar("T")
+
 _SOURCES = ("trial", "purchase", "promo", "admin", "refund")
 _MAX_METADATA = 8192
 _TRIAL_BACKDATE_US = 60_000_000  # tolerated clock skew between app processes/hosts
@@ -63,7 +67,7 @@ def _executor_for(url: str, timeout: float, pool_size: int) -> Executor:
         dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
         return AsyncpgExecutor(dsn, timeout=timeout, max_size=pool_size)
     if scheme in ("sqlite", "sqlite+aiosqlite"):
-        return SqliteExecutor(url.replace("sqlite+aiosqlite://", "sqlite://", 1))
+        return SqliteExecutor(url)
     raise ConfigurationError(
         f"unsupported database URL scheme {scheme!r}: use sqlite:///path.db or postgresql://..."
     )
@@ -72,7 +76,7 @@ def _executor_for(url: str, timeout: float, pool_size: int) -> Executor:
 def _executor_for_database(database: Any) -> Executor:
     dialect = str(getattr(getattr(database, "url", None), "dialect", ""))
     if dialect == "sqlite":
-        return SqliteExecutor(database=database)
+        return DatabasesExecutor(database)
     raise ConfigurationError(
         f"a databases.Database of dialect {dialect!r} is not supported: pass a SQLite one, or"
         " give PostgreSQL as a URL (the ledger runs it on its own asyncpg pool)"
@@ -187,10 +191,10 @@ class Ledger(RequestStore):
         account_id = check_account_id(account_id)
         _label(tier, "tier")
         _label(cohort, "cohort")
-        async with self._tx() as conn:
-            row, created = await _ops.open_account(
-                conn, self.now_us(), account_id, tier, cohort, _metadata(metadata)
-            )
+        now, meta = self.now_us(), _metadata(metadata)
+        row, created = await self._run(
+            lambda conn: _ops.open_account(conn, now, account_id, tier, cohort, meta)
+        )
         return Account.from_row(row), created
 
     async def grant(
@@ -221,8 +225,7 @@ class Ledger(RequestStore):
         key = check_key(key) if key is not None else f"{source}:{uuid.uuid4().hex}"
         spec = _ops.GrantSpec(micros, source, key, priority, starts, ends)
         tag = Tag(spec.key, _label(layer, "layer"), None, None, _metadata(metadata))
-        async with self._tx() as conn:
-            out = await _ops.grant(conn, now, account_id, spec, tag)
+        out = await self._run(lambda conn: _ops.grant(conn, now, account_id, spec, tag))
         return self._receipt(out)
 
     async def debit(
@@ -250,8 +253,7 @@ class Ledger(RequestStore):
             fast = await self._fast_debit(account_id, micros, now, tag)
             if fast is not None:
                 return fast
-        async with self._tx() as conn:
-            out = await _ops.debit(conn, now, account_id, micros, tag)
+        out = await self._run(lambda conn: _ops.debit(conn, now, account_id, micros, tag))
         return self._receipt(out)
 
     async def _fast_debit(self, account_id: str, micros: int, now: int, tag: Tag) -> Receipt | None:
@@ -311,8 +313,7 @@ class Ledger(RequestStore):
             fast = await self._fast_hold(account_id, micros, now, expires, tag)
             if fast is not None:
                 return fast
-        async with self._tx() as conn:
-            out = await _ops.hold(conn, now, account_id, micros, expires, tag)
+        out = await self._run(lambda conn: _ops.hold(conn, now, account_id, micros, expires, tag))
         return self._receipt(out)
 
     async def _fast_hold(
@@ -388,8 +389,7 @@ class Ledger(RequestStore):
             fast = await self._fast_capture(hold_id, micros, now, tag)
             if fast is not None:
                 return fast
-        async with self._tx() as conn:
-            out = await _ops.capture(conn, now, hold_id, micros, tag)
+        out = await self._run(lambda conn: _ops.capture(conn, now, hold_id, micros, tag))
         return self._receipt(out)
 
     async def _fast_capture(self, hold_id: int, micros: int, now: int, tag: Tag) -> Receipt | None:
@@ -424,8 +424,8 @@ class Ledger(RequestStore):
     async def release(self, hold_id: int, *, reason: str | None = None) -> Receipt:
         """Give a hold's credits back; releasing twice returns the first release."""
         tag = Tag(metadata={"reason": _label(reason, "reason") or "released"})
-        async with self._tx() as conn:
-            out = await _ops.release(conn, self.now_us(), self._hold_id(hold_id), tag)
+        now, hid = self.now_us(), self._hold_id(hold_id)
+        out = await self._run(lambda conn: _ops.release(conn, now, hid, tag))
         return self._receipt(out)
 
     async def refund(
@@ -444,8 +444,10 @@ class Ledger(RequestStore):
         micros = to_micros(amount)
         tag = self._tag(key, layer, None, None, _metadata(metadata))
         ends = dt_to_us(expires_at) if expires_at is not None else None
-        async with self._tx() as conn:
-            out = await _ops.refund(conn, self.now_us(), account_id, micros, entry_id, ends, tag)
+        now = self.now_us()
+        out = await self._run(
+            lambda conn: _ops.refund(conn, now, account_id, micros, entry_id, ends, tag)
+        )
         return self._receipt(out)
 
     async def adjust(
@@ -468,13 +470,14 @@ class Ledger(RequestStore):
         meta = {"reason": reason[:500]}
         tag = self._tag(check_key(key), layer, None, None, meta)
         now = self.now_us()
-        async with self._tx() as conn:
+        spec = _ops.GrantSpec(micros, "admin", key, 0, now, None)
+
+        async def adjust(conn: Conn) -> _ops.Outcome:
             if negative:
-                out = await _ops.debit(conn, now, account_id, micros, tag, kind="adjust")
-            else:
-                spec = _ops.GrantSpec(micros, "admin", key, 0, now, None)
-                out = await _ops.grant(conn, now, account_id, spec, tag, kind="adjust")
-        return self._receipt(out)
+                return await _ops.debit(conn, now, account_id, micros, tag, kind="adjust")
+            return await _ops.grant(conn, now, account_id, spec, tag, kind="adjust")
+
+        return self._receipt(await self._run(adjust))
 
     async def set_tier(
         self,
@@ -498,18 +501,12 @@ class Ledger(RequestStore):
         key = check_key(key) if key is not None else f"tier:{uuid.uuid4().hex}"
         layer = _label(layer, "layer")
         meta = _metadata(metadata)
-        async with self._tx() as conn:
-            change = await change_tier(
-                conn,
-                self.now_us(),
-                account_id,
-                tier,
-                key,
-                layer=layer,
-                reason=reason,
-                metadata=meta,
+        now = self.now_us()
+        return await self._run(
+            lambda conn: change_tier(
+                conn, now, account_id, tier, key, layer=layer, reason=reason, metadata=meta
             )
-        return change
+        )
 
     async def purchase(
         self,
@@ -549,7 +546,8 @@ class Ledger(RequestStore):
         grant_meta |= {"reason": reason} if reason else {}
         spec = _ops.GrantSpec(micros, "purchase", key, priority, now, ends)
         tag = Tag(key, _label(layer, "layer"), None, None, grant_meta or None)
-        async with self._tx() as conn:
+
+        async def purchase(conn: Conn) -> Purchase:
             out = await _ops.grant(conn, now, account_id, spec, tag)
             receipt = self._receipt(out)
             change = None
@@ -569,7 +567,9 @@ class Ledger(RequestStore):
                     raise IdempotencyConflict(account_id, key, "already used for a grant")
             elif receipt.replayed and await keyed_event(conn, account_id, key) is not None:
                 raise IdempotencyConflict(account_id, key, "already used with a tier change")
-        return Purchase(receipt, change)
+            return Purchase(receipt, change)
+
+        return await self._run(purchase)
 
     async def provision(
         self,
@@ -617,11 +617,11 @@ class Ledger(RequestStore):
             )
             if fast is not None:
                 return fast
-        receipt: Receipt | None = None
-        async with self._tx() as conn:
-            _, created = await _ops.open_account(
-                conn, now, account_id, tier, cohort, _metadata(account_metadata)
-            )
+        meta = _metadata(account_metadata)
+
+        async def provision(conn: Conn) -> tuple[Row, bool, _ops.Outcome | None]:
+            _, created = await _ops.open_account(conn, now, account_id, tier, cohort, meta)
+            granted = None
             if micros is not None:
                 # as credit_provision(): a trial grant, or any grant keyed "trial", means done
                 has_trial = await conn.fetchval(
@@ -631,11 +631,15 @@ class Ledger(RequestStore):
                 )
                 if not has_trial:
                     spec = _ops.GrantSpec(micros, "trial", "trial", priority, starts, ends)
-                    receipt = self._receipt(await _ops.grant(conn, now, account_id, spec, tag))
+                    granted = await _ops.grant(conn, now, account_id, spec, tag)
             final = await conn.fetchrow(
                 f"SELECT {ACCOUNT_COLS} FROM credit_accounts WHERE account_id = $1", account_id
             )
-        assert final is not None
+            assert final is not None
+            return final, created, granted
+
+        final, created, granted = await self._run(provision)
+        receipt = self._receipt(granted) if granted is not None else None
         return Account.from_row(final), created, receipt
 
     async def _fast_provision(
@@ -692,33 +696,35 @@ class Ledger(RequestStore):
         if account_id is not None:
             ids = [check_account_id(account_id)]
         else:
-            async with self._x.read() as conn:
-                rows = await conn.fetch(
+            rows = await self._run(
+                lambda conn: conn.fetch(
                     "SELECT account_id FROM credit_accounts WHERE sweep_at <= $1", now
-                )
+                ),
+                write=False,
+            )
             ids = [r["account_id"] for r in rows]
         for aid in ids:
-            async with self._tx() as conn:
-                ctx = await lock(conn, aid, now)
-                await sweep(ctx)
-                await save(ctx)
+            await self._run(_sweeper(aid, now))
         return len(ids)
 
     # ------------------------------------------------------------------ reads
 
     async def get_account(self, account_id: str) -> Account | None:
         account_id = check_account_id(account_id)
-        async with self._x.read() as conn:
-            row = await conn.fetchrow(
+        row = await self._run(
+            lambda conn: conn.fetchrow(
                 f"SELECT {ACCOUNT_COLS} FROM credit_accounts WHERE account_id = $1", account_id
-            )
+            ),
+            write=False,
+        )
         return None if row is None else Account.from_row(row)
 
     async def balance(self, account_id: str) -> Balance:
         """What the account can spend now (expired grants and timed-out holds excluded)."""
         account_id = check_account_id(account_id)
         now = self.now_us()
-        async with self._x.read() as conn:
+
+        async def read(conn: Conn) -> tuple[Row, list[Row], Any]:
             acct = await conn.fetchrow(
                 "SELECT tier FROM credit_accounts WHERE account_id = $1", account_id
             )
@@ -735,6 +741,9 @@ class Ledger(RequestStore):
                 account_id,
                 now,
             )
+            return acct, grants, held
+
+        acct, grants, held = await self._run(read, write=False)
         spendable = sum(  # on the stored integers: the same boundaries as the debit's
             int(g["remaining"])
             for g in grants
@@ -752,39 +761,43 @@ class Ledger(RequestStore):
         if not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise ValueError("limit must be between 1 and 1000")
         cursor = before if before is not None else 2**62
-        async with self._x.read() as conn:
-            rows = await conn.fetch(
+        rows = await self._run(
+            lambda conn: conn.fetch(
                 f"SELECT {ENTRY_COLS} FROM credit_entries WHERE account_id = $1 AND entry_id < $2"
                 " ORDER BY entry_id DESC LIMIT $3",
                 account_id,
                 cursor,
                 limit,
-            )
+            ),
+            write=False,
+        )
         return [Entry.from_row(r) for r in rows]
 
     async def holds(self, account_id: str, *, active_only: bool = True) -> list[Hold]:
         account_id = check_account_id(account_id)
         where = " AND status = 'active'" if active_only else ""
-        async with self._x.read() as conn:
-            rows = await conn.fetch(
+        rows = await self._run(
+            lambda conn: conn.fetch(
                 f"SELECT {HOLD_COLS} FROM credit_holds WHERE account_id = $1{where}"
                 " ORDER BY hold_id",
                 account_id,
-            )
+            ),
+            write=False,
+        )
         return [Hold.from_row(r) for r in rows]
 
     async def verify(self) -> VerifyReport:
         """Check the four invariants over the whole ledger; lists every discrepancy."""
-        async with self._x.read() as conn:
-            return await _verify.verify(conn)
+        return await self._run(_verify.verify, write=False)
 
     async def tier_history(self, account_id: str, *, limit: int = 50) -> list[TierChange]:
         """The account's tier changes, newest first (empty if it never changed)."""
         account_id = check_account_id(account_id)
         if not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise ValueError("limit must be between 1 and 1000")
-        async with self._x.read() as conn:
-            return await _tiers.tier_history(conn, account_id, limit)
+        return await self._run(
+            lambda conn: _tiers.tier_history(conn, account_id, limit), write=False
+        )
 
     async def search_accounts(self, query: str = "", *, limit: int = 50) -> list[Account]:
         """Accounts whose id starts with ``query``, or with that e-mail (``a@b.c``) or e-mail
@@ -792,8 +805,9 @@ class Ledger(RequestStore):
         query = check_query(query)
         if not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise ValueError("limit must be between 1 and 1000")
-        async with self._x.read() as conn:
-            return await _search.search_accounts(conn, query, limit)
+        return await self._run(
+            lambda conn: _search.search_accounts(conn, query, limit), write=False
+        )
 
     async def usage_by_route(
         self,
@@ -809,24 +823,39 @@ class Ledger(RequestStore):
         if lo >= hi:
             raise ValueError("since must be before until")
         aid = check_account_id(account_id) if account_id is not None else None
-        async with self._x.read() as conn:
-            return await _search.usage_by_route(conn, lo, hi, aid)
+        return await self._run(lambda conn: _search.usage_by_route(conn, lo, hi, aid), write=False)
 
     async def pending_migrations(self) -> list[int]:
         """The schema versions this library has that the database lacks (all of them when the
         database holds no ledger yet)."""
-        have: set[int] = set()
-        async with self._x.read() as conn:
+
+        async def applied(conn: Conn) -> set[int]:
             try:
                 rows = await conn.fetch(f"SELECT version FROM {VERSION_TABLE}")
-                have = {int(r["version"]) for r in rows}
             except Exception:  # no version table: an empty (or foreign) database
-                have = set()
+                return set()
+            return {int(r["version"]) for r in rows}
+
+        have = await self._run(applied, write=False)
         return [v for v, _, _ in migrations(self._x.dialect) if v not in have]
 
     # ------------------------------------------------------------------ helpers
 
+    async def _run(self, fn: Callable[[Conn], Awaitable[T]], *, write: bool = True) -> T:
+        """Run one whole operation (``fn(conn)``) through the executor, the way every
+        operation goes: one transaction, one hop to the SQLite thread, batched with its
+        neighbours into one commit, never left half done by a cancelled caller. ``fn`` may
+        await only ``conn``. Constraint violations surface as ``LedgerError``::
+
+            out = await self._run(lambda conn: _ops.debit(conn, now, account_id, micros, tag))
+        """
+        try:
+            return await self._x.run(fn, write=write)
+        except _INTEGRITY as err:
+            raise LedgerError(f"refused by a ledger constraint: {err}") from err
+
     def _tx(self) -> _guarded:
+        """The older way, a block of statements (one hop each on SQLite): prefer ``_run``."""
         return _guarded(self._x)
 
     @staticmethod
@@ -884,6 +913,15 @@ class Ledger(RequestStore):
             grant=Grant.from_row(out.grant) if out.grant is not None else None,
             hold=Hold.from_row(out.hold) if out.hold is not None else None,
         )
+
+
+def _sweeper(account_id: str, now: int) -> Callable[[Conn], Awaitable[None]]:
+    async def sweep_one(conn: Conn) -> None:
+        ctx = await lock(conn, account_id, now)
+        await sweep(ctx)
+        await save(ctx)
+
+    return sweep_one
 
 
 def _integrity_errors() -> tuple[type[BaseException], ...]:

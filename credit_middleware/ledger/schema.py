@@ -256,8 +256,9 @@ async def _applied(conn: Conn) -> set[int]:
 
 async def migrate(executor: Executor, now_us: int) -> list[int]:
     """Apply every missing migration; returns the versions applied. Safe to run concurrently."""
-    applied_now: list[int] = []
-    async with executor.transaction() as conn:
+
+    async def apply(conn: Conn) -> list[int]:
+        applied_now: list[int] = []
         if conn.dialect == "postgresql":
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _ADVISORY_KEY)
         done = await _applied(conn)
@@ -272,13 +273,17 @@ async def migrate(executor: Executor, now_us: int) -> list[int]:
                 now_us,
             )
             applied_now.append(version)
-    return applied_now
+        return applied_now
+
+    return await executor.run(apply)
 
 
 async def current_version(executor: Executor) -> int:
-    async with executor.read() as conn:
+    async def read(conn: Conn) -> int:
         try:
             value = await conn.fetchval(f"SELECT MAX(version) FROM {VERSION_TABLE}")
         except Exception:  # no version table yet means version 0
             return 0
-    return int(value or 0)
+        return int(value or 0)
+
+    return await executor.run(read, write=False)
