@@ -252,20 +252,6 @@ asyncio.run(main())
 """
 
 
-def _sqlite_through_aiosqlite() -> bool:
-    import inspect
-
-    from credit_middleware.ledger import _executor
-
-    return "import databases" in inspect.getsource(_executor)
-
-
-@pytest.mark.xfail(
-    _sqlite_through_aiosqlite(),
-    reason="aiosqlite's non-daemon worker thread keeps the process alive (issue 12 item 6);"
-    " the stdlib-sqlite3 executor fixes it: then drop this mark",
-    strict=False,
-)
 def test_fastapi_test_pattern_process_exits(sqlite_url: str) -> None:
     """No lifespan, nothing closed by hand: the process still exits (a test run ends)."""
     import os
