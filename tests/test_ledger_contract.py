@@ -222,3 +222,18 @@ async def test_an_adjustment_key_reused_the_other_way_is_a_conflict(
     again = await ledger.adjust(aid, first, key="adj", reason="correction")
     assert again.replayed
     assert await available(ledger, aid) == before
+
+
+async def test_fencing_an_attempt_frees_the_key_it_claimed_without_a_charge(
+    ledger: Ledger,
+) -> None:
+    """A handler-billed route claims its key with no charge; if that claim's outcome was
+    unknown and the attempt got a 503, its retry must run, not wait out the lease (409)."""
+    aid = await funded(ledger)
+    await ledger.begin_request(aid, "k", "fp", owner="lost", lease=300)
+    assert await ledger.resolve_charge(aid, "lost") is None
+    retry = await ledger.begin_request(aid, "k", "fp", owner="next", lease=300)
+    assert retry.state == "new"
+    await ledger.begin_request("newcomer", "k", "fp", owner="lost2", lease=300)
+    assert await ledger.resolve_charge("newcomer", "lost2") is None  # no account yet
+    assert (await ledger.begin_request("newcomer", "k", "fp", owner="n2")).state == "new"

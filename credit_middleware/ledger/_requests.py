@@ -165,7 +165,13 @@ async def charge_entry(conn: Conn, account_id: str, charge_key: str) -> Row | No
 
 
 async def fence(conn: Conn, now: int, account_id: str, charge_key: str, reason: str) -> None:
-    """Void a charge id that never applied: any later operation with it is refused."""
+    """Void a charge id that never applied: any later operation with it is refused, and a
+    key its attempt claimed without a charge (a handler-billed route) is free again."""
+    await conn.execute(
+        "DELETE FROM credit_requests WHERE account_id = $1 AND owner = $2 AND state = 'pending'",
+        account_id,
+        charge_key,
+    )
     await conn.execute(
         "INSERT INTO credit_voids (account_id, charge_key, reason, created_at)"
         " VALUES ($1, $2, $3, $4) ON CONFLICT (account_id, charge_key) DO NOTHING",
