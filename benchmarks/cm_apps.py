@@ -24,12 +24,12 @@ from .common import (
     JWT_SECRET,
     PRICE,
     RATE_LIMIT,
+    STRATEGY,
     WORK_PATH,
     BenchEnv,
 )
 
 CM_VARIANTS = ("cm_embedded", "cm_pg_hot", "cm_pg_cold", "cm_pg_ratelimit")
-STRATEGY = "moving-window"  # the middleware's default; slowapi is given the same
 
 
 def available() -> str | None:

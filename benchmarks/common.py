@@ -18,6 +18,8 @@ JWT_AUDIENCE = "credit-bench-api"
 #: A limit no benchmark run reaches: the limiters must do their work but never refuse.
 RATE_LIMIT = "1000000/minute"
 RATE_LIMIT_PER_MINUTE = 1_000_000
+#: Every rate limiter's strategy (the middleware's default; slowapi is given the same).
+STRATEGY = "moving-window"
 #: The price of one call to the metered endpoint, in credits (1,000 µc).
 PRICE = "0.001"
 PRICE_MICROS = 1_000
