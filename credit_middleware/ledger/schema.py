@@ -226,6 +226,23 @@ def _core(dialect: Dialect) -> str:
     return _CORE.format(serial=serial, kinds=_ENTRY_KINDS)
 
 
+# Every debit updates its account's row and its grant's ``remaining``. PostgreSQL can update a
+# row in place (a HOT update: no new index entries, old versions pruned as the page is read)
+# only when no index involves a changed column, and a partial index's predicate counts: with
+# ``credit_grants_live`` (``WHERE remaining > 0``) no grant update was ever HOT. Each debit then
+# added an entry to all four of the table's indexes and left a dead row version behind, which
+# every later lookup of that account stepped over until a vacuum (measured: 0 of 152,809
+# updates HOT, the debit's server time growing with the account's debits). The per-account
+# lookups are served by the (account_id, idempotency_key) index; a lower fillfactor keeps room
+# on each page for the next version of these constantly updated rows. SQLite updates in place
+# and keeps its index.
+_PG_HOT_UPDATES = """
+DROP INDEX IF EXISTS credit_grants_live;
+ALTER TABLE credit_grants SET (fillfactor = 50);
+ALTER TABLE credit_accounts SET (fillfactor = 50);
+"""
+
+
 def migrations(dialect: Dialect) -> Sequence[tuple[int, str, str]]:
     """(version, name, SQL) in order. Append new versions; never edit a released one."""
     if dialect == "postgresql":
@@ -237,6 +254,7 @@ def migrations(dialect: Dialect) -> Sequence[tuple[int, str, str]]:
             (5, "provisioning: unusual cases to the generic path", PG_PROVISION_V5),
             (6, "account events (tier audit)", _events(dialect)),
             (7, "group commit; server-side hold and capture", PG_DEBIT_MANY + PG_HOLDS),
+            (8, "in-place (HOT) updates of grants and accounts", _PG_HOT_UPDATES),
         ]
     return [
         (1, "ledger tables", _core(dialect) + _SQLITE_APPEND_ONLY),
