@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Literal, TypeVar
 
+from .._aio import bounded
 from ..errors import BackendUnavailable, ConfigurationError
 
 Row = Mapping[str, Any]
@@ -251,13 +252,18 @@ class AsyncpgExecutor(Executor):
         pool = await self._get_pool()
         reached = False  # once a statement may have reached the server, a failure is ambiguous
         try:
-            async with pool.acquire(timeout=self._timeout) as raw:
+            # bounded here, not ``acquire(timeout=)``: asyncpg runs a bounded acquire in a task
+            # of its own (``wait_for``), a task per ledger operation on the hot path
+            raw = await bounded(pool.acquire(), self._timeout)
+            try:
                 reached = True
                 if write:
                     async with raw.transaction():
                         yield _PgConn(raw)
                 else:
                     yield _PgConn(raw)
+            finally:
+                await pool.release(raw, timeout=self._timeout)
         except self._errors as exc:
             raise BackendUnavailable("database", repr(exc), maybe_applied=reached) from exc
 
