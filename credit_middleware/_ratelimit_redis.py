@@ -40,7 +40,9 @@ local counts, oldest = {}, {}
 for i = 1, n do
   local key, limit = KEYS[i], tonumber(ARGV[2 * i])
   local target = now - tonumber(ARGV[2 * i + 1])
-  local low, high, found = 0, limit - 1, -1
+  -- the list may be far shorter than the limit (a quota much larger than the traffic): search
+  -- only what is there
+  local low, high, found = 0, math.min(limit, redis.call('llen', key)) - 1, -1
   local first = tonumber(redis.call('lindex', key, 0))
   if not first or first < target then high = -1 end
   while low <= high do
