@@ -15,7 +15,6 @@ import time
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from starlette.datastructures import MutableHeaders
 from starlette.types import Message, Receive, Scope, Send
 
 from ._idempotency import BufferedRequest, Recorder, send_replay
@@ -32,6 +31,8 @@ log = logging.getLogger("credit_middleware.middleware")
 
 FINAL_COST_STATE = "credit_final_cost"
 CHARGE_ID_HEADER = "Credit-Charge-Id"
+_CHARGE_ID = CHARGE_ID_HEADER.lower().encode("latin-1")
+_COST = b"credit-cost"
 
 
 class _Bill:
@@ -93,14 +94,7 @@ class _Bill:
                     await self._settle(mw, state, status)
                 elif self.kind == "hold" and final is not None and self.receipt is not None:
                     self._announce_capture(state, final)
-                headers = MutableHeaders(scope=message)
-                for name, value in self.headers:
-                    headers.append(name, value)
-                headers[CHARGE_ID_HEADER] = self.charge_id
-                if self.receipt is not None:
-                    headers[mw._balance_header] = str(state["credit_balance"])
-                    if state.get("credit_cost") is not None:
-                        headers["Credit-Cost"] = str(state["credit_cost"])
+                message["headers"] = self._response_headers(mw, state, message)
             elif recorder is not None and message["type"] == "http.response.body":
                 recorder.chunk(message)
             await send(message)
@@ -110,6 +104,23 @@ class _Bill:
         finally:
             if not self._settled:
                 await self._settle(mw, state, status, recorder)
+
+    def _response_headers(
+        self, mw: CreditMiddleware, state: MutableMapping[str, Any], message: Message
+    ) -> list[tuple[bytes, bytes]]:
+        """The app's headers, less any of ours it set, then ours: the rate-limit fields, the
+        charge id, and after a charge the balance and the cost."""
+        ours = [(name.lower().encode("latin-1"), value.encode("latin-1"))
+                for name, value in self.headers]  # fmt: skip
+        ours.append((_CHARGE_ID, self.charge_id.encode("latin-1")))
+        if self.receipt is not None:
+            ours.append((mw._balance_name, str(state["credit_balance"]).encode("latin-1")))
+            cost = state.get("credit_cost")
+            if cost is not None:
+                ours.append((_COST, str(cost).encode("latin-1")))
+        app = message.get("headers") or ()
+        names = {name for name, _ in ours}
+        return [h for h in app if h[0].lower() not in names] + ours
 
     async def _settle(
         self,

@@ -54,6 +54,20 @@ class Identity:
     def __post_init__(self) -> None:
         check_account_id(self.account_id)
 
+    def seen_from(self, client_ip: str | None) -> Identity:
+        """This identity with the client address it was seen from (itself if it has it)."""
+        if client_ip == self.client_ip:
+            return self
+        return Identity(
+            self.account_id,
+            self.email,
+            self.email_verified,
+            self.tier,
+            client_ip,
+            self.source,
+            self.claims,
+        )
+
     @classmethod
     def of(cls, value: Identity | str) -> Identity:
         return value if isinstance(value, Identity) else cls(account_id=value)

@@ -14,7 +14,6 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable
-from dataclasses import replace
 from typing import Any, Literal, TypeVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -101,6 +100,7 @@ class CreditMiddleware:
         self._refund = credits.refund_on_error
         self._legacy = credits.legacy_headers
         self._balance_header = credits.balance_header
+        self._balance_name = credits.balance_header.lower().encode("latin-1")
         self._timeout = credits.timeout
         self._hold_timeout = credits.hold_timeout
         self._migrated = credits.migrated
@@ -203,7 +203,7 @@ class CreditMiddleware:
             ) from None
         if identity is None:
             raise Refused(problem("unauthenticated", "no credentials"), "unauthenticated")
-        identity = replace(identity, client_ip=self.proxies.client_ip(scope))
+        identity = identity.seen_from(self.proxies.client_ip(scope))
         key = client_key(scope)
         aid = identity.account_id
         bill = _Bill(identity, price, charge_id, scope.get("path", ""))

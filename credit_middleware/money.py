@@ -5,6 +5,7 @@ A float never becomes money here: it is refused, because ``0.1`` is not a tenth.
 
 from __future__ import annotations
 
+import functools
 import re
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 
@@ -91,8 +92,12 @@ def cost_to_micros(value: object, *, field: str = "cost") -> tuple[int, Decimal]
     return micros, dec
 
 
+@functools.lru_cache(maxsize=4096, typed=True)
 def from_micros(micros: int) -> Decimal:
-    """µc to credits, exactly and without trailing zeros (``Decimal('4.999')`` for 4_999_000)."""
+    """µc to credits, exactly and without trailing zeros (``Decimal('4.999')`` for 4_999_000).
+
+    Remembered for the last few thousand figures (a ``Decimal`` is immutable): prices and
+    balances repeat on every request."""
     dec = Decimal(micros).scaleb(-6).normalize()
     exponent = dec.as_tuple().exponent
     if isinstance(exponent, int) and exponent > 0:

@@ -157,6 +157,10 @@ def priced(
     return mark
 
 
+_CACHE_SIZE = 4096  # paths whose price is remembered
+_CACHED_PATH = 512  # longest path remembered
+
+
 class Pricing:
     """Route → :class:`Price`.
 
@@ -192,6 +196,9 @@ class Pricing:
         self._document = document
         self._head_as_get = head_as_get
         self._routes: list[tuple[re.Pattern[str], frozenset[str] | None, Price]] = []
+        # (path, method) -> its price: a path's answer is the same until a route is added, and
+        # working it out matches every exempt pattern (about twenty) on every metered request
+        self._cache: dict[tuple[str, str], Price | None] = {}
         for r in routes:
             self.add(r)
         patterns = [meter] if isinstance(meter, str) else list(meter)
@@ -210,6 +217,7 @@ class Pricing:
         methods = frozenset(m.upper() for m in route.methods) if route.methods else None
         price = Price(route.mode, micros, route.name or route.pattern, route.limits, fn)
         entry = (_compile(route.pattern), methods, price)
+        self._cache.clear()
         if first:
             self._routes.insert(0, entry)
         else:
@@ -231,6 +239,19 @@ class Pricing:
 
     def price_of(self, path: str, method: str = "GET") -> Price | None:
         """The price of a path and method, or None when it is exempt."""
+        key = (path, method)
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        price = self._find(path, method)
+        if len(path) <= _CACHED_PATH:  # bounded: unseen paths (ids in them) can't grow it
+            if len(self._cache) >= _CACHE_SIZE:
+                self._cache.clear()
+            self._cache[key] = price
+        return price
+
+    def _find(self, path: str, method: str) -> Price | None:
         if method == "HEAD" and self._head_as_get:
             method = "GET"  # a HEAD is a GET without its body: the same route, the same price
         for regex, methods, price in self._routes:
