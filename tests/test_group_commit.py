@@ -111,3 +111,91 @@ async def test_two_processes_batching_over_the_same_accounts_never_deadlock(
     assert [r for r in results if isinstance(r, BaseException)] == []
     total = sum([(await pg.balance(a)).available for a in accounts], Decimal(0))
     assert total == Decimal("30") - Decimal("3")
+
+
+# --------------------------------------------------------------------------- kept connections
+
+
+async def test_debits_one_at_a_time_reuse_the_lanes_connection(pg: Ledger) -> None:
+    await fund(pg, ["solo"], "1")
+    await pg.debit("solo", "0.01")
+    kept = dict(pg._x._held)  # type: ignore[attr-defined]
+    assert len(kept) == 1  # one lane's connection, out of the pool between debits
+    pool = pg._x._pool  # type: ignore[attr-defined]
+    assert pool.get_idle_size() == pool.get_size() - 1
+    for i in range(20):
+        await pg.debit("solo", "0.01", key=f"s{i}")
+    assert pg._x._held == kept  # type: ignore[attr-defined]  # the same connection throughout
+    assert (await pg.balance("solo")).available == Decimal("0.79")
+
+
+async def test_a_kept_connection_that_dies_is_replaced(pg: Ledger) -> None:
+    import asyncpg
+
+    from credit_middleware.errors import BackendUnavailable
+
+    await fund(pg, ["k"], "1")
+    await pg.debit("k", "0.01")
+    held = [raw for _, raw in pg._x._held.values()]  # type: ignore[attr-defined]
+    assert held
+    pids = [raw.get_server_pid() for raw in held]
+    killer = await asyncpg.connect(pg.url)
+    try:
+        for pid in pids:
+            await killer.execute("SELECT pg_terminate_backend($1)", pid)
+    finally:
+        await killer.close()
+    try:
+        await pg.debit("k", "0.01", key="after-kill")
+    except BackendUnavailable as exc:
+        assert exc.maybe_applied  # the statement was on its way: its outcome is unknown
+    receipt = await pg.debit("k", "0.01", key="after-kill")  # a new connection; exactly once
+    assert receipt.entry.key == "after-kill"
+    assert (await pg.balance("k")).available == Decimal("0.98")
+
+
+async def test_closing_with_a_debit_in_flight_gives_every_connection_back(pg_url: str) -> None:
+    led = Ledger(pg_url)
+    await led.migrate()
+    await fund(led, ["c"], "1")
+    await led.debit("c", "0.01")
+    debit = asyncio.ensure_future(led.debit("c", "0.01", key="in-flight"))
+    await asyncio.sleep(0)  # on its way over the kept connection
+    await asyncio.wait_for(led.close(), 10)  # no hang waiting for a kept connection
+    assert (await debit).entry.key == "in-flight"
+    assert led._x._held == {}  # type: ignore[attr-defined]
+    led.reopen()
+    assert (await led.balance("c")).available == Decimal("0.98")
+    assert (await led.verify()).ok
+    await led.close()
+
+
+async def test_a_small_pool_keeps_no_connection_out(pg_url: str) -> None:
+    async with Ledger(pg_url, pool_size=2) as led:
+        await led.migrate()
+        await fund(led, ["p"], "5")
+        results = await asyncio.gather(
+            *(led.debit("p", "0.01", key=f"p{i}") for i in range(30)),
+            *(led.get_account("p") for _ in range(10)),
+        )
+        assert len(results) == 40
+        assert led._x._held == {}  # type: ignore[attr-defined]
+        assert (await led.balance("p")).available == Decimal("4.7")
+
+
+async def test_an_apps_own_pool_keeps_no_connection_out(pg_url: str) -> None:
+    import asyncpg
+
+    pool = await asyncpg.create_pool(pg_url, min_size=1, max_size=4)
+    try:
+        from credit_middleware.ledger._executor import AsyncpgExecutor
+
+        async with Ledger(executor=AsyncpgExecutor(pool=pool)) as led:
+            await led.migrate()
+            await fund(led, ["own"], "1")
+            for i in range(5):
+                await led.debit("own", "0.01", key=f"o{i}")
+            assert led._x._held == {}  # type: ignore[attr-defined]
+        assert pool.get_idle_size() == pool.get_size()  # every connection back in the pool
+    finally:
+        await pool.close()

@@ -10,7 +10,8 @@ by account (stable: one account's debits keep their order), so concurrent batche
 in one order and cannot deadlock. If the batch fails as a whole for a reason that is not the
 connection (one item's constraint, say), each item is tried again alone, so that one bad debit
 never refuses another; a lost connection reaches every item as an unknown outcome, which the
-caller settles by its charge id.
+caller settles by its charge id. Each batch on its way has a lane, and each lane the connection
+the executor keeps for it (``Executor.held``): no pool round per batch.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class DebitBatcher:
         self._max_inflight = max_inflight
         self._queue: list[tuple[DebitItem, asyncio.Future[Row]]] = []
         self._inflight = 0
+        # one lane per batch on its way, each with the connection the executor keeps for it
+        self._lanes = list(range(max_inflight))
         self._busy: dict[str, int] = {}  # accounts with a debit on its way -> how many
         self._tasks: set[asyncio.Task[None]] = set()
         #: batches sent and debits in them (for benchmarks and tests)
@@ -61,13 +64,15 @@ class DebitBatcher:
         if not self._queue and self._inflight < self._max_inflight and aid not in self._busy:
             # nothing to group with: send it now, from the caller's own task
             self._inflight += 1
+            lane = self._lanes.pop()
             self._busy[aid] = 1
             self.batches += 1
             self.items += 1
             try:
-                return await self._one(item)
+                return await self._one(item, lane)
             finally:
                 self._inflight -= 1
+                self._lanes.append(lane)
                 self._release([aid])
                 self._kick()
         future: asyncio.Future[Row] = asyncio.get_running_loop().create_future()
@@ -109,24 +114,26 @@ class DebitBatcher:
             task.add_done_callback(self._tasks.discard)
 
     async def _drain(self) -> None:
+        lane = self._lanes.pop()
         try:
             while batch := self._take():
                 try:
-                    await self._send(batch)
+                    await self._send(batch, lane)
                 finally:
                     self._release([item.account_id for item, _ in batch])
         finally:
             self._inflight -= 1
+            self._lanes.append(lane)
             self._kick()
 
-    async def _send(self, batch: list[tuple[DebitItem, asyncio.Future[Row]]]) -> None:
+    async def _send(self, batch: list[tuple[DebitItem, asyncio.Future[Row]]], lane: int) -> None:
         self.batches += 1
         self.items += len(batch)
         try:
             if len(batch) == 1:
-                rows: Sequence[Row] = [await self._one(batch[0][0])]
+                rows: Sequence[Row] = [await self._one(batch[0][0], lane)]
             else:
-                rows = await self._many([item for item, _ in batch])
+                rows = await self._many([item for item, _ in batch], lane)
         except Exception as exc:
             if len(batch) == 1 or isinstance(exc, BackendUnavailable):
                 for _, future in batch:
@@ -134,24 +141,24 @@ class DebitBatcher:
                 return
             for item, future in batch:  # one bad item must not refuse the others
                 try:
-                    _done(future, await self._one(item))
+                    _done(future, await self._one(item, lane))
                 except Exception as own:
                     _fail(future, own)
             return
         for (_, future), row in zip(batch, rows, strict=True):
             _done(future, row)
 
-    async def _one(self, item: DebitItem) -> Row:
-        async with self._x.read() as conn:
+    async def _one(self, item: DebitItem, lane: int) -> Row:
+        async with self._x.held(lane) as conn:
             row = await conn.fetchrow(_ONE, *_args(item))
         assert row is not None
         return row
 
-    async def _many(self, items: list[DebitItem]) -> list[Row]:
+    async def _many(self, items: list[DebitItem], lane: int) -> list[Row]:
         order = sorted(range(len(items)), key=lambda i: items[i].account_id)
         sent = [items[i] for i in order]
         columns = list(zip(*(_args(item) for item in sent), strict=True))
-        async with self._x.read() as conn:
+        async with self._x.held(lane) as conn:
             rows = await conn.fetch(_MANY, *(list(column) for column in columns))
         if len(rows) != len(items):
             raise RuntimeError(f"credit_debit_many answered {len(rows)} rows for {len(items)}")

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Literal, TypeVar
 
 from .._aio import bounded
 from ..errors import BackendUnavailable, ConfigurationError
+
+log = logging.getLogger("credit_middleware.ledger")
 
 Row = Mapping[str, Any]
 Dialect = Literal["postgresql", "sqlite"]
@@ -106,6 +109,12 @@ class Executor(abc.ABC):
     @abc.abstractmethod
     def read(self) -> AbstractAsyncContextManager[Conn]: ...
 
+    def held(self, lane: int) -> AbstractAsyncContextManager[Conn]:
+        """A connection for statements that autocommit, like :meth:`read`, which the executor
+        may keep for ``lane`` from one use to the next (one user at a time per lane: group
+        commit's batches). Here: :meth:`read`."""
+        return self.read()
+
     @abc.abstractmethod
     async def close(self) -> None:
         """Close the connections; until ``reopen()``, operations raise ``BackendUnavailable``."""
@@ -173,6 +182,10 @@ def _close_sockets(pool: Any) -> None:
             transport._sock = None
 
 
+_KEPT_LANES = 2  # connections an executor keeps out of its pool at most (held())
+_FREE_IN_POOL = 2  # connections held() always leaves in the pool
+
+
 class AsyncpgExecutor(Executor):
     """PostgreSQL through an asyncpg pool, created lazily and re-created after failures."""
 
@@ -196,6 +209,10 @@ class AsyncpgExecutor(Executor):
         self._lock = asyncio.Lock()
         self._errors = pg_errors()
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop the pool lives on
+        # lane -> (pool, connection) kept for it (see held()); lanes in use right now
+        self._held: dict[int, tuple[Any, Any]] = {}
+        self._using: set[int] = set()
+        self._giving_back: set[asyncio.Task[None]] = set()
 
     def _follow_loop(self) -> None:
         """An asyncpg pool belongs to the event loop that made it. On another loop (a second
@@ -221,6 +238,8 @@ class AsyncpgExecutor(Executor):
             except RuntimeError:  # the loop is closed and asyncpg can't: close them here
                 _close_sockets(pool)
             self._pool = None
+        self._held.clear()  # they belonged to the old loop's pool
+        self._using.clear()
         self._lock = asyncio.Lock()
         self._loop = loop
 
@@ -267,6 +286,56 @@ class AsyncpgExecutor(Executor):
         except self._errors as exc:
             raise BackendUnavailable("database", repr(exc), maybe_applied=reached) from exc
 
+    @asynccontextmanager
+    async def _held_conn(self, lane: int) -> AsyncIterator[Conn]:
+        kept = self._held.get(lane)
+        reached = False
+        self._using.add(lane)
+        try:
+            if kept is None or kept[1].is_closed():
+                self._give_back(lane)
+                pool = await self._get_pool()
+                kept = (pool, await bounded(pool.acquire(), self._timeout))
+                self._held[lane] = kept
+            raw = kept[1]
+            reached = True
+            yield _PgConn(raw)
+        except BaseException as exc:
+            # whatever went wrong (a lost connection, a cancelled statement, a refused one),
+            # the connection goes back to the pool, which checks or replaces it
+            self._give_back(lane)
+            if isinstance(exc, self._errors):
+                raise BackendUnavailable("database", repr(exc), maybe_applied=reached) from exc
+            raise
+        finally:
+            self._using.discard(lane)
+            if self._closed:
+                self._give_back(lane)
+
+    def held(self, lane: int) -> AbstractAsyncContextManager[Conn]:
+        """The connection kept for ``lane``: a hot path's statement without a pool round
+        (acquire, reset, release: a task and three timers) each time. Kept connections are out
+        of the pool for good, so only on a pool of the executor's own, for the first
+        ``_KEPT_LANES`` lanes, and never more than leave ``_FREE_IN_POOL`` connections to
+        everything else; other lanes use :meth:`read`."""
+        if not self._owns_pool or lane >= min(_KEPT_LANES, self._max_size - _FREE_IN_POOL):
+            return self.read()
+        return self._held_conn(lane)
+
+    def _give_back(self, lane: int) -> None:
+        kept = self._held.pop(lane, None)
+        if kept is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._release(*kept))
+        self._giving_back.add(task)
+        task.add_done_callback(self._giving_back.discard)
+
+    async def _release(self, pool: Any, raw: Any) -> None:
+        try:
+            await pool.release(raw, timeout=self._timeout)
+        except Exception as exc:  # asyncpg terminates a connection it could not reset
+            log.debug("a kept connection went back to the pool with an error: %r", exc)
+
     def transaction(self) -> AbstractAsyncContextManager[Conn]:
         return self._acquire(write=True)
 
@@ -280,6 +349,11 @@ class AsyncpgExecutor(Executor):
             self._follow_loop()  # a pool left on a stopped loop is terminated here
         async with self._lock:
             self._closed = True
+            for lane in list(self._held):
+                if lane not in self._using:  # one in use is given back when its use ends
+                    self._give_back(lane)
+            if self._giving_back:
+                await asyncio.wait(list(self._giving_back))
             if self._pool is not None and self._owns_pool:
                 pool, self._pool = self._pool, None
                 await pool.close()
