@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote
 
+from ._aio import bounded
 from .errors import ConfigurationError
 
 __all__ = ["close_redis", "is_cluster", "limits_storage", "redis_from_url"]
@@ -47,7 +48,12 @@ def redis_from_url(url: str, *, timeout: float = 0.5, max_connections: int = 100
         )
     common: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
     if scheme in ("redis", "rediss", "unix"):
-        return redis.Redis.from_url(url, max_connections=max_connections, **common)
+        return redis.Redis.from_url(
+            url,
+            max_connections=max_connections,
+            connection_class=_connection_class(scheme),
+            **common,
+        )
     user, password, nodes, path = _split(rest, url)
     if scheme == "redis+sentinel":
         from redis.asyncio.sentinel import Sentinel
@@ -81,6 +87,52 @@ def redis_from_url(url: str, *, timeout: float = 0.5, max_connections: int = 100
         ssl=scheme == "rediss+cluster",
         **common,
     )
+
+
+_CONNECTIONS: dict[str, Any] = {}
+
+
+def _connection_class(scheme: str) -> Any:
+    """redis-py's connection for ``scheme`` whose writes are bounded in the caller's task.
+
+    With a socket timeout, redis-py 8.1 bounds every write with ``asyncio.wait_for``, which on
+    Python 3.11 runs it in a task of its own: a task per command, on every request's rate
+    limit. Here the same bound is :func:`bounded` (``asyncio.timeout``) around the write (reads keep
+    redis-py's own bound, which never needed a task); a write that times out disconnects and
+    raises redis-py's ``TimeoutError``, as before."""
+    cls = _CONNECTIONS.get(scheme)
+    if cls is not None:
+        return cls
+    import asyncio
+
+    from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
+    from redis.exceptions import TimeoutError as RedisTimeout
+
+    base: Any = {"rediss": SSLConnection, "unix": UnixDomainSocketConnection}.get(
+        scheme, Connection
+    )
+
+    class BoundedWrites(base):  # type: ignore[misc]
+        async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            bound: float | None = getattr(self, "socket_timeout", None)
+            if not bound:
+                await super().send_packed_command(command, check_health)
+                return
+            self.socket_timeout = None  # redis-py then writes without its wait_for
+            writer = getattr(self, "_writer", None)
+            try:
+                await bounded(super().send_packed_command(command, check_health), bound)
+            except asyncio.TimeoutError:
+                if writer is not None:  # drop what is still buffered: the peer is not reading
+                    writer.transport.abort()
+                await self.disconnect(nowait=True)
+                raise RedisTimeout("Timeout writing to socket") from None
+            finally:
+                self.socket_timeout = bound
+
+    BoundedWrites.__name__ = BoundedWrites.__qualname__ = f"BoundedWrites{base.__name__}"
+    _CONNECTIONS[scheme] = BoundedWrites
+    return BoundedWrites
 
 
 _CLUSTER: Any = None

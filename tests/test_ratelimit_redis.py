@@ -104,3 +104,65 @@ async def test_a_flushed_script_cache_is_reloaded(
         assert counting.sent == ["EVAL", "SCRIPT FLUSH", "EVALSHA", "EVAL"]
     finally:
         await client.aclose()
+
+
+async def test_our_clients_commands_run_in_the_callers_task(redis_client: object) -> None:
+    """redis-py bounds each write with ``asyncio.wait_for`` (a task per command on Python
+    3.11); the client made from a URL bounds it in the caller's task."""
+    import asyncio
+
+    from credit_middleware._redis import redis_from_url
+
+    loop = asyncio.get_running_loop()
+    made: list[object] = []
+    factory = loop.get_task_factory()
+
+    def counting(loop: asyncio.AbstractEventLoop, coro: object, **kwargs: object) -> object:
+        made.append(coro)
+        return asyncio.Task(coro, loop=loop, **kwargs)  # type: ignore[arg-type]
+
+    ours = redis_from_url("redis://127.0.0.1:6379/0", timeout=0.5)
+    plain = aioredis.Redis.from_url("redis://127.0.0.1:6379/0", socket_timeout=0.5)
+    try:
+        await ours.ping()
+        await plain.ping()  # both connected
+        loop.set_task_factory(counting)  # type: ignore[arg-type]
+        for _ in range(10):
+            await ours.ping()
+        mine = len(made)
+        for _ in range(10):
+            await plain.ping()
+        theirs = len(made) - mine
+    finally:
+        loop.set_task_factory(factory)
+        await ours.aclose()
+        await plain.aclose()
+    assert mine == 0
+    assert theirs >= 10  # what it replaces (if redis-py stops needing it, this says so)
+
+
+async def test_a_write_to_a_stopped_redis_times_out_and_disconnects(private_redis: int) -> None:
+    """The write bound still holds: a Redis that stopped reading (SIGSTOP) fills the socket
+    buffers, and a large write then fails within the timeout instead of hanging."""
+    import os
+    import signal
+    import subprocess
+
+    from redis.exceptions import TimeoutError as RedisTimeout
+
+    from credit_middleware._redis import redis_from_url
+
+    client = redis_from_url(f"redis://127.0.0.1:{private_redis}/0", timeout=0.3)
+    pid = int(subprocess.check_output(["redis-cli", "-p", str(private_redis), "info", "server"],
+                                      text=True).split("process_id:")[1].split()[0])  # fmt: skip
+    try:
+        await client.ping()
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(RedisTimeout):
+                await client.set("big", b"x" * (64 << 20))  # more than loopback buffers hold
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert await client.ping()  # a new connection: the timed-out one was dropped
+    finally:
+        await client.aclose()
