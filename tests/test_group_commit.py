@@ -12,6 +12,7 @@ import pytest
 from credit_middleware import Ledger
 from credit_middleware.errors import InsufficientCredits
 from credit_middleware.ledger._batch import DebitItem
+from credit_middleware.ledger._executor import _usable
 
 pytestmark = pytest.mark.anyio
 
@@ -132,8 +133,6 @@ async def test_debits_one_at_a_time_reuse_the_lanes_connection(pg: Ledger) -> No
 async def test_a_kept_connection_that_dies_is_replaced(pg: Ledger) -> None:
     import asyncpg
 
-    from credit_middleware.errors import BackendUnavailable
-
     await fund(pg, ["k"], "1")
     await pg.debit("k", "0.01")
     held = [raw for _, raw in pg._x._held.values()]  # type: ignore[attr-defined]
@@ -145,13 +144,51 @@ async def test_a_kept_connection_that_dies_is_replaced(pg: Ledger) -> None:
             await killer.execute("SELECT pg_terminate_backend($1)", pid)
     finally:
         await killer.close()
-    try:
-        await pg.debit("k", "0.01", key="after-kill")
-    except BackendUnavailable as exc:
-        assert exc.maybe_applied  # the statement was on its way: its outcome is unknown
-    receipt = await pg.debit("k", "0.01", key="after-kill")  # a new connection; exactly once
+    # asyncpg notices the lost connection and takes it back into the pool (its proxy then
+    # refuses every call): the lane must see that and take a new one, not fail the debit
+    for _ in range(500):
+        if not _usable(held[0]):
+            break
+        await asyncio.sleep(0.01)
+    assert not _usable(held[0])
+    receipt = await pg.debit("k", "0.01", key="after-kill")
     assert receipt.entry.key == "after-kill"
     assert (await pg.balance("k")).available == Decimal("0.98")
+
+
+async def test_a_debit_sent_on_a_connection_just_killed_has_an_unknown_outcome(pg: Ledger) -> None:
+    """Killed with the statement on its way: the answer is lost, so the outcome is unknown
+    (``maybe_applied``, for the caller to settle by its key), and the retry lands once."""
+    import asyncpg
+
+    from credit_middleware.errors import BackendUnavailable
+
+    await fund(pg, ["u"], "1")
+    await pg.debit("u", "0.01")
+    killer = await asyncpg.connect(pg.url)
+    try:
+        ((_, raw),) = pg._x._held.values()  # type: ignore[attr-defined]
+        pid = raw.get_server_pid()
+        debit = asyncio.ensure_future(pg.debit("u", "0.01", key="mid-flight"))
+        await asyncio.sleep(0)  # its statement is written to the socket
+        await killer.execute("SELECT pg_terminate_backend($1)", pid)
+        lost: BackendUnavailable | None = None
+        try:
+            await debit
+        except BackendUnavailable as exc:
+            lost = exc
+    finally:
+        await killer.close()
+    assert lost is None or lost.maybe_applied
+    for _ in range(3):  # as a client retries: the dead connection may be noticed only now
+        try:
+            receipt = await pg.debit("u", "0.01", key="mid-flight")
+            break
+        except BackendUnavailable:
+            await asyncio.sleep(0.05)
+    assert receipt.entry.key == "mid-flight"
+    spent = Decimal("0.02")  # the first debit and "mid-flight", exactly once
+    assert (await pg.balance("u")).available == Decimal("1") - spent
 
 
 async def test_closing_with_a_debit_in_flight_gives_every_connection_back(pg_url: str) -> None:

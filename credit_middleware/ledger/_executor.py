@@ -182,6 +182,15 @@ def _close_sockets(pool: Any) -> None:
             transport._sock = None
 
 
+def _usable(raw: Any) -> bool:
+    """Whether a kept pool connection can still run a statement: not closed, and not taken back
+    by its pool (asyncpg does that to a connection that was closed under its user)."""
+    try:
+        return not raw.is_closed()
+    except Exception:  # InterfaceError: "connection has been released back to the pool"
+        return False
+
+
 _KEPT_LANES = 2  # connections an executor keeps out of its pool at most (held())
 _FREE_IN_POOL = 2  # connections held() always leaves in the pool
 
@@ -292,7 +301,7 @@ class AsyncpgExecutor(Executor):
         reached = False
         self._using.add(lane)
         try:
-            if kept is None or kept[1].is_closed():
+            if kept is None or not _usable(kept[1]):
                 self._give_back(lane)
                 pool = await self._get_pool()
                 kept = (pool, await bounded(pool.acquire(), self._timeout))
