@@ -101,6 +101,10 @@ BARS: tuple[Bar, ...] = (
     Bar("cm_pg_ratelimit Redis round trips per request", "count", 1, "<=",
         _count("cm_pg_ratelimit", "redis_round_trips_per_request"),
         "all of a request's limits in one script call"),
+    Bar("cm_pg_hot tasks created per request", "count", 1, "<=",
+        _count("cm_pg_hot", "tasks_per_request"),
+        "the charge's own task (never cancelled); asyncpg's bounded acquire and release and"
+        " redis-py's bounded write each added one (3 before)"),
 )  # fmt: skip
 
 

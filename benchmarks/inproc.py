@@ -30,13 +30,23 @@ TRACED = 50  # requests of the round-trip count pass
 
 @contextlib.contextmanager
 def count_round_trips() -> Iterator[dict[str, int]]:
-    """Count PostgreSQL statements (asyncpg) and Redis round trips (commands sent one by one,
-    and pipelines) while the block runs: patched in, so never during a timed loop."""
+    """Count PostgreSQL statements (asyncpg), Redis round trips (commands sent one by one, and
+    pipelines) and tasks created (each one more trip through the event loop) while the block
+    runs: patched in, so never during a timed loop."""
     import asyncpg.connection
     import redis.asyncio.client as rc
     import redis.client as sync_rc
 
-    counts = {"postgres": 0, "redis": 0}
+    counts = {"postgres": 0, "redis": 0, "tasks": 0}
+    loop = asyncio.get_running_loop()
+    factory = loop.get_task_factory()
+
+    def counting_factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+        counts["tasks"] += 1
+        if factory is not None:
+            return factory(loop, coro, **kwargs)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
     saved = (asyncpg.connection.Connection._do_execute, rc.Redis.execute_command)
     saved_pipe = rc.Pipeline.execute
     saved_sync = sync_rc.Redis.execute_command
@@ -56,9 +66,11 @@ def count_round_trips() -> Iterator[dict[str, int]]:
     rc.Redis.execute_command = wrap(saved[1], "redis")
     rc.Pipeline.execute = wrap(saved_pipe, "redis")
     sync_rc.Redis.execute_command = wrap_sync
+    loop.set_task_factory(counting_factory)
     try:
         yield counts
     finally:
+        loop.set_task_factory(factory)
         asyncpg.connection.Connection._do_execute, rc.Redis.execute_command = saved
         rc.Pipeline.execute = saved_pipe
         sync_rc.Redis.execute_command = saved_sync
@@ -153,6 +165,7 @@ async def measure(n: int, profile: bool) -> dict[str, Any]:
         "status": status,
         "postgres_statements_per_request": trips["postgres"] / TRACED,
         "redis_round_trips_per_request": trips["redis"] / TRACED,
+        "tasks_per_request": trips["tasks"] / TRACED,
     }
 
 

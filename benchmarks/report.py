@@ -200,8 +200,12 @@ def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
             if key in v.get("inproc", {}):
                 value = v["inproc"][key]
                 out.append({"name": f"{name}.inproc.{key[:-3]}", "value": value, "unit": "us"})
-        for key in ("postgres_statements_per_request", "redis_round_trips_per_request"):
-            if key in v.get("inproc", {}) and name != "cm_embedded":
+        for key in (
+            "postgres_statements_per_request",
+            "redis_round_trips_per_request",
+            "tasks_per_request",
+        ):
+            if key in v.get("inproc", {}) and (name != "cm_embedded" or key.startswith("tasks")):
                 out.append({"name": f"{name}.{key}", "value": v["inproc"][key], "unit": "count"})
     for name, r in results["ratios"].items():
         for key, value in r.items():
@@ -443,10 +447,19 @@ def markdown(results: dict[str, Any]) -> str:
             ],
         ),
         "",
-        "## In-process cost per request (µs) and round trips per request",
+        "## In-process cost per request (µs), round trips and tasks per request",
         "",
         _md_table(
-            ["variant", "wall", "CPU", "wall - bare", "CPU - bare", "PG statements", "Redis trips"],
+            [
+                "variant",
+                "wall",
+                "CPU",
+                "wall - bare",
+                "CPU - bare",
+                "PG statements",
+                "Redis trips",
+                "tasks",
+            ],
             [
                 [name]
                 + [
@@ -457,6 +470,7 @@ def markdown(results: dict[str, Any]) -> str:
                     _f(v["inproc"].get(k), 1, 2) if name != "cm_embedded" else "n/a (SQLite)"
                     for k in ("postgres_statements_per_request", "redis_round_trips_per_request")
                 ]
+                + [_f(v["inproc"].get("tasks_per_request"), 1, 2)]
                 for name, v in results["variants"].items()
                 if "inproc" in v
             ],

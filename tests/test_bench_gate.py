@@ -10,7 +10,7 @@ from benchmarks import gate
 
 def _results(hot_vs_floor_p50: float, thr: float, rl_trips: float) -> dict[str, Any]:
     inproc = {"cpu_overhead_us": 100.0, "redis_round_trips_per_request": 1.0,
-              "postgres_statements_per_request": 1.0}  # fmt: skip
+              "postgres_statements_per_request": 1.0, "tasks_per_request": 1.0}  # fmt: skip
     return {
         "variants": {
             "cm_pg_hot": {"c1_overhead_us": {"p99": 2000.0}, "inproc": inproc},
