@@ -79,19 +79,20 @@ BARS: tuple[Bar, ...] = (
             "the seed system's promise")
         for name in ("cm_embedded", "cm_pg_hot", "cm_pg_cold")
     ),
-    Bar("cm_pg_hot / floor, c=1 p50 overhead", "x", 5.0, "<=",
+    Bar("cm_pg_hot / floor, c=1 p50 overhead", "x", 4.0, "<=",
         _ratio("cm_pg_hot", "c1_overhead_p50_vs_floor"),
-        "target 1.2x not met; seen 0.9-2.8x in bench-ci on a busy machine (3.9x in issue 13)"),
+        "target 1.2x not met; seen 0.9-2.8x in bench-ci on a busy machine (3.9x in issue 13),"
+        " 1.8-2.7x in full runs"),
     Bar("cm_pg_hot / floor, throughput (32 conns)", "x", 0.15, ">=",
         _ratio("cm_pg_hot", "throughput_vs_floor"),
         "target 2x not met; seen 0.30-1.08x in bench-ci on a busy machine"),
     Bar("cm_pg_hot / floor, in-process CPU per request", "x", 3.0, "<=",
         _cpu_ratio("cm_pg_hot", "floor"),
         "target 1.2x not met; seen 1.0-1.6x in bench-ci (1.7-2.0x in issue 13)"),
-    Bar("cm_pg_ratelimit / slowapi, c=1 p50 overhead", "x", 6.0, "<=",
+    Bar("cm_pg_ratelimit / slowapi, c=1 p50 overhead", "x", 3.0, "<=",
         _ratio("cm_pg_ratelimit", "c1_overhead_p50_vs_slowapi"),
-        "target 1x; seen 1.0-1.2x (3.4x before one round trip); slowapi adds ~0.15 ms only,"
-        " so this ratio is the noisiest"),
+        "target 1x; seen 1.0-1.3x (3.4x before one round trip), the same strategy on both"
+        " since this round; slowapi adds ~0.15-0.5 ms only, so this ratio is the noisiest"),
     Bar("cm_pg_hot Redis round trips per request", "count", 1, "<=",
         _count("cm_pg_hot", "redis_round_trips_per_request"),
         "all of a request's limits in one script call"),
@@ -101,10 +102,11 @@ BARS: tuple[Bar, ...] = (
     Bar("cm_pg_ratelimit Redis round trips per request", "count", 1, "<=",
         _count("cm_pg_ratelimit", "redis_round_trips_per_request"),
         "all of a request's limits in one script call"),
-    Bar("cm_pg_hot tasks created per request", "count", 1, "<=",
+    Bar("cm_pg_hot tasks created per request", "count", 1.5, "<=",
         _count("cm_pg_hot", "tasks_per_request"),
         "the charge's own task (never cancelled); asyncpg's bounded acquire and release and"
-        " redis-py's bounded write each added one (3 before)"),
+        " redis-py's bounded write each added one (3 before). Not 1: a tier re-read (every"
+        " 60 s per account) may fall in the traced pass; one more task a request is 2"),
 )  # fmt: skip
 
 
