@@ -10,7 +10,15 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from _middleware_helpers import Recorder, balance, bearer, build_app, client, trial_grants
+from _middleware_helpers import (
+    SECRET,
+    Recorder,
+    balance,
+    bearer,
+    build_app,
+    client,
+    trial_grants,
+)
 
 from credit_middleware import Ledger, Provisioner, TrialPolicy
 from credit_middleware.pricing import Pricing, Route
@@ -245,3 +253,31 @@ async def test_an_app_restarted_in_the_same_process_keeps_billing(ledger_url: st
     async with Ledger(ledger_url) as led:
         assert await balance(led, "restarted") == Decimal("4.998")
         assert (await led.verify()).ok
+
+
+async def test_our_fields_replace_an_apps_own_of_the_same_name(ledger: Ledger) -> None:
+    """A response carries each of our fields once, ours: an app's own ``Credit-Cost`` or
+    ``RateLimit`` (copied from an upstream, say) gives way; its other fields stay."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route as StarletteRoute
+
+    from credit_middleware.middleware import CreditMiddleware
+
+    async def upstream(request: Any) -> PlainTextResponse:
+        return PlainTextResponse(
+            "ok",
+            headers={"Credit-Cost": "99", "RateLimit": "upstream", "X-Upstream": "kept"},
+        )
+
+    app = Starlette(routes=[StarletteRoute("/v1/up", upstream)])
+    app.add_middleware(CreditMiddleware, provisioner=Provisioner(ledger), jwt_secret=SECRET)
+    async with client(app) as c:
+        r = await c.get("/v1/up", headers=bearer("fields"))
+    assert r.status_code == 200
+    raw = [(k.decode().lower(), v.decode()) for k, v in r.headers.raw]
+    assert [v for k, v in raw if k == "credit-cost"] == ["0.001"]
+    assert len([v for k, v in raw if k == "ratelimit"]) == 1
+    assert dict(raw)["ratelimit"].startswith('"')
+    assert dict(raw)["x-upstream"] == "kept"
+    assert len([v for k, v in raw if k == "credit-charge-id"]) == 1
