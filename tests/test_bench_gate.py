@@ -33,11 +33,11 @@ def test_a_run_within_every_bar_passes_and_a_missing_figure_is_skipped() -> None
 
 
 def test_the_failed_bar_is_named_with_how_far_past_it() -> None:
-    out = gate.evaluate(_results(6.0, 0.1, 2.0))
+    out = gate.evaluate(_results(5.0, 0.1, 2.0))
     assert not out["passed"]
     lines = gate.failures(out)
     assert len(lines) == 3
-    assert lines[0].startswith("cm_pg_hot / floor, c=1 p50 overhead: bar <= 5x, measured 6.00x")
-    assert "FAIL, over by 1.00x (20%)" in lines[0]
+    assert lines[0].startswith("cm_pg_hot / floor, c=1 p50 overhead: bar <= 4x, measured 5.00x")
+    assert "FAIL, over by 1.00x (25%)" in lines[0]
     assert "throughput" in lines[1] and "over by 0.05x (33%)" in lines[1]
     assert lines[2].startswith("cm_pg_ratelimit Redis round trips per request: bar <= 1,")
