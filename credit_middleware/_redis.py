@@ -97,9 +97,10 @@ def _connection_class(scheme: str) -> Any:
 
     With a socket timeout, redis-py 8.1 bounds every write with ``asyncio.wait_for``, which on
     Python 3.11 runs it in a task of its own: a task per command, on every request's rate
-    limit. Here the same bound is :func:`bounded` (``asyncio.timeout``) around the write (reads keep
-    redis-py's own bound, which never needed a task); a write that times out disconnects and
-    raises redis-py's ``TimeoutError``, as before."""
+    limit. Here, on a connection already made, the same bound is :func:`bounded`
+    (``asyncio.timeout``) around the write (reads keep redis-py's own bound, which never needed
+    a task); a write that times out disconnects and raises redis-py's ``TimeoutError``, as
+    before."""
     cls = _CONNECTIONS.get(scheme)
     if cls is not None:
         return cls
@@ -115,7 +116,9 @@ def _connection_class(scheme: str) -> Any:
     class BoundedWrites(base):  # type: ignore[misc]
         async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
             bound: float | None = getattr(self, "socket_timeout", None)
-            if not bound:
+            if not bound or not self.is_connected:
+                # connecting (and its handshake's reads) keeps redis-py's own bounds: this one
+                # command per connection still writes through its wait_for
                 await super().send_packed_command(command, check_health)
                 return
             self.socket_timeout = None  # redis-py then writes without its wait_for

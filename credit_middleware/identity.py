@@ -59,13 +59,13 @@ class Identity:
         if client_ip == self.client_ip:
             return self
         return Identity(
-            self.account_id,
-            self.email,
-            self.email_verified,
-            self.tier,
-            client_ip,
-            self.source,
-            self.claims,
+            account_id=self.account_id,
+            email=self.email,
+            email_verified=self.email_verified,
+            tier=self.tier,
+            client_ip=client_ip,
+            source=self.source,
+            claims=self.claims,
         )
 
     @classmethod

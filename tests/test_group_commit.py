@@ -180,13 +180,14 @@ async def test_a_debit_sent_on_a_connection_just_killed_has_an_unknown_outcome(p
     finally:
         await killer.close()
     assert lost is None or lost.maybe_applied
+    receipt = None
     for _ in range(3):  # as a client retries: the dead connection may be noticed only now
         try:
             receipt = await pg.debit("u", "0.01", key="mid-flight")
             break
         except BackendUnavailable:
             await asyncio.sleep(0.05)
-    assert receipt.entry.key == "mid-flight"
+    assert receipt is not None and receipt.entry.key == "mid-flight"
     spent = Decimal("0.02")  # the first debit and "mid-flight", exactly once
     assert (await pg.balance("u")).available == Decimal("1") - spent
 
