@@ -8,6 +8,7 @@ from typing import Any
 import asyncpg
 
 from credit_middleware import Ledger
+from credit_middleware.ledger import postgres_schema
 
 from . import contract
 
@@ -49,7 +50,8 @@ async def read_books(url: str, users: list[str]) -> Books:
     """The entries, accounts, trials and open holds of ``users`` (the load's own), and
     ``verify`` over the whole ledger."""
     books = Books()
-    conn = await asyncpg.connect(url, timeout=10)
+    schema = postgres_schema(url) or "public"
+    conn = await asyncpg.connect(url, timeout=10, server_settings={"search_path": schema})
     try:
         rows = await conn.fetch(
             "SELECT entry_id, account_id, kind, amount, idempotency_key, ref_entry_id,"

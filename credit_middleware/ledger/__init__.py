@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._pgschema import DEFAULT_SCHEMA, postgres_schema
 from ._search import RouteUsage
 from ._tiers import Purchase, TierChange
 from .contract import ChargeSpec, RequestStart, StoredResponse
@@ -9,6 +10,7 @@ from .ledger import Ledger
 from .models import Account, Balance, Discrepancy, Entry, Grant, Hold, Receipt, VerifyReport
 
 __all__ = [
+    "DEFAULT_SCHEMA",
     "Account",
     "Balance",
     "ChargeSpec",
@@ -24,4 +26,5 @@ __all__ = [
     "StoredResponse",
     "TierChange",
     "VerifyReport",
+    "postgres_schema",
 ]

@@ -73,6 +73,17 @@ class Executor(abc.ABC):
 
     dialect: Dialect
     _closed: bool = False
+    #: PostgreSQL: the schema the ledger lives in, made by ``migrate`` if missing (None where
+    #: the executor does not name one: SQLite, a caller's pool, a ``search_path`` of ``$user``)
+    schema: str | None = None
+    #: True when the executor chose ``schema`` itself (the URL named no ``search_path``): a
+    #: ledger made before the library kept a schema of its own is looked for elsewhere
+    chose_schema: bool = False
+
+    async def former_schemas(self) -> list[str]:
+        """The schemas of the database's default search_path, in order: where a ledger made
+        before it had a schema of its own may be."""
+        return []
 
     async def run(self, fn: Callable[[Conn], Awaitable[T]], *, write: bool = True) -> T:
         """``await fn(conn)`` in one transaction (``write``) or one read; return its result.
@@ -196,7 +207,11 @@ _FREE_IN_POOL = 2  # connections held() always leaves in the pool
 
 
 class AsyncpgExecutor(Executor):
-    """PostgreSQL through an asyncpg pool, created lazily and re-created after failures."""
+    """PostgreSQL through an asyncpg pool, created lazily and re-created after failures.
+
+    ``schema`` is where the ledger lives; with ``search_path`` every connection of the pool
+    sets it (sent with the connection's startup, no round trip). A caller's ``pool`` keeps
+    the search_path it was made with."""
 
     dialect: Dialect = "postgresql"
 
@@ -208,8 +223,13 @@ class AsyncpgExecutor(Executor):
         min_size: int = 1,
         max_size: int = 10,
         timeout: float = 5.0,
+        schema: str | None = None,
+        search_path: str | None = None,
     ) -> None:
         self._dsn = dsn
+        self.schema = schema
+        self.chose_schema = search_path is not None
+        self._settings = {"search_path": search_path} if search_path is not None else None
         self._pool = pool
         self._owns_pool = pool is None
         self._min_size = min_size
@@ -270,6 +290,7 @@ class AsyncpgExecutor(Executor):
                         timeout=self._timeout,
                         command_timeout=self._timeout,
                         reset=_keep_session,
+                        server_settings=self._settings,
                     )
                 except self._errors as exc:
                     raise BackendUnavailable("database", repr(exc)) from exc
@@ -344,6 +365,21 @@ class AsyncpgExecutor(Executor):
             await pool.release(raw, timeout=self._timeout)
         except Exception as exc:  # asyncpg terminates a connection it could not reset
             log.debug("a kept connection went back to the pool with an error: %r", exc)
+
+    async def former_schemas(self) -> list[str]:
+        if not self.chose_schema:
+            return []
+        import asyncpg
+
+        try:  # a connection without the ledger's search_path: the database's default one
+            conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
+            try:
+                found = await conn.fetchval("SELECT current_schemas(false)")
+            finally:
+                await conn.close()
+        except self._errors as exc:
+            raise BackendUnavailable("database", repr(exc)) from exc
+        return [str(name) for name in found or ()]
 
     def transaction(self) -> AbstractAsyncContextManager[Conn]:
         return self._acquire(write=True)

@@ -23,7 +23,7 @@ from ..errors import (
     LedgerError,
 )
 from ..money import check_account_id, check_key, cost_to_micros, from_micros, to_micros
-from . import _ops, _search, _tiers, _verify
+from . import _ops, _pgschema, _search, _tiers, _verify
 from ._batch import DebitBatcher, DebitItem
 from ._executor import AsyncpgExecutor, Conn, Executor, Row
 from ._search import RouteUsage, check_query
@@ -65,7 +65,14 @@ def _executor_for(url: str, timeout: float, pool_size: int) -> Executor:
                 "PostgreSQL needs asyncpg: pip install 'credit-middleware[postgres]'"
             ) from None
         dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
-        return AsyncpgExecutor(dsn, timeout=timeout, max_size=pool_size)
+        where = _pgschema.place(dsn)
+        return AsyncpgExecutor(
+            dsn,
+            timeout=timeout,
+            max_size=pool_size,
+            schema=where.schema,
+            search_path=where.search_path,
+        )
     if scheme in ("sqlite", "sqlite+aiosqlite"):
         return SqliteExecutor(url)
     raise ConfigurationError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from . import _pgschema
 from ._executor import Conn, Dialect, Executor
 from ._pgfunctions import (
     PG_DEBIT_MANY,
@@ -273,12 +274,26 @@ async def _applied(conn: Conn) -> set[int]:
 
 
 async def migrate(executor: Executor, now_us: int) -> list[int]:
-    """Apply every missing migration; returns the versions applied. Safe to run concurrently."""
+    """Apply every missing migration; returns the versions applied. Safe to run concurrently.
+
+    On PostgreSQL the ledger's schema is made first, and a ledger from before the library
+    kept a schema of its own is moved into it (see ``_pgschema``), once."""
+    schema, former = executor.schema, []
+    if schema is not None and executor.chose_schema:
+
+        async def placed(conn: Conn) -> bool:
+            return await _pgschema.exists(conn, schema, VERSION_TABLE)
+
+        if not await executor.run(placed, write=False):
+            former = await executor.former_schemas()
 
     async def apply(conn: Conn) -> list[int]:
         applied_now: list[int] = []
         if conn.dialect == "postgresql":
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _ADVISORY_KEY)
+            if schema is not None:
+                scripts = [sql for _, _, sql in migrations("postgresql")]
+                await _pgschema.settle(conn, schema, former, VERSION_TABLE, scripts)
         done = await _applied(conn)
         for version, name, sql in migrations(conn.dialect):
             if version in done:
