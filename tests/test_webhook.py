@@ -124,7 +124,16 @@ async def test_stale_replay_is_refused(hook: Hook, ledger: Ledger) -> None:
 
 @pytest.mark.parametrize(
     "tamper",
-    ["body", "timestamp", "secret", "missing-signature", "missing-timestamp", "garbage-ts"],
+    [
+        "body",
+        "timestamp",
+        "secret",
+        "missing-signature",
+        "missing-timestamp",
+        "garbage-ts",
+        "superscript-ts",
+        "long-ts",
+    ],
 )
 async def test_tampered_or_unsigned_deliveries_are_refused(
     hook: Hook, ledger: Ledger, tamper: str
@@ -141,6 +150,10 @@ async def test_tampered_or_unsigned_deliveries_are_refused(
         del headers["x-credit-signature"]
     elif tamper == "missing-timestamp":
         del headers["x-credit-timestamp"]
+    elif tamper == "superscript-ts":  # a digit to str.isdigit, not to int()
+        headers = {"x-credit-timestamp": b"\xb2", "x-credit-signature": "sha256=00"}  # type: ignore[dict-item]
+    elif tamper == "long-ts":
+        headers["x-credit-timestamp"] = "9" * 5000
     else:
         headers["x-credit-timestamp"] = "-1e9"
     r = await hook.deliver(body, headers)
@@ -167,6 +180,12 @@ async def test_tampered_or_unsigned_deliveries_are_refused(
         ),
         (json.dumps({"hello": "world"}).encode(), "event"),
         (b"\xff\xfe", ""),
+        (
+            b'{"type": "REGISTER", "userId": "x", "d": ' + b"[" * 30_000 + b"]" * 30_000 + b"}",
+            "deep",
+        ),
+        (b"[" * 32_000 + b"]" * 32_000, "deep"),
+        (b'{"type": "REGISTER", "userId": ' + b"9" * 5000 + b"}", ""),
     ],
 )
 async def test_malformed_bodies_are_400(hook: Hook, ledger: Ledger, body: bytes, why: str) -> None:
@@ -245,6 +264,36 @@ async def test_realm_filter_and_secret_rotation(ledger: Ledger) -> None:
         assert await trial_grants(ledger, "rotated") == 1
     finally:
         await h.aclose()
+
+
+@pytest.mark.parametrize("realm", [["acme"], {"id": "acme"}, 7, ["acme", ["nested"]]])
+async def test_a_realm_that_is_not_a_string_is_malformed(ledger: Ledger, realm: Any) -> None:
+    h = Hook(Provisioner(ledger), realms=["acme"])
+    try:
+        r = await h.deliver(keycloak("listy", realmId=realm))
+        assert r.status_code == 400, r.text
+        assert r.headers["content-type"] == "application/problem+json"
+        assert "realmId" in r.json()["detail"]
+        assert await ledger.get_account("listy") is None
+    finally:
+        await h.aclose()
+
+
+@pytest.mark.parametrize("length", ["\u00b2", "1" * 5000, "-1", "1e3", " 12"])
+async def test_an_unreadable_content_length_is_400(ledger: Ledger, length: str) -> None:
+    receiver = WebhookReceiver(Provisioner(ledger), secret=SECRET)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    headers = [(b"content-length", length.encode("latin-1"))]
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": headers, "query_string": b""}
+    await receiver(scope, receive, send)
+    assert sent[0]["status"] == 400
 
 
 def test_configuration_is_checked() -> None:

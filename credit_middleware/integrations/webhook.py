@@ -53,6 +53,11 @@ def sign(secret: str | bytes, body: bytes, timestamp: int) -> str:
     return "sha256=" + mac.hexdigest()
 
 
+def _digits(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also takes ``²`` and other digits ``int`` refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def _str(value: Any, name: str, *, required: bool = False) -> str | None:
     if value is None:
         if required:
@@ -169,7 +174,7 @@ class WebhookReceiver:
         headers = Headers(scope=scope)
         declared = headers.get("content-length")
         if declared is not None:
-            if not declared.isdigit():
+            if not _digits(declared) or len(declared) > 20:
                 return _problem(400, "invalid-request", "Malformed request", "bad Content-Length")
             if int(declared) > self._max_body:
                 return self._too_large()
@@ -190,9 +195,13 @@ class WebhookReceiver:
             event = json.loads(body)
             if not isinstance(event, dict):
                 raise _Malformed("the body must be a JSON object")
-            if self._realms is not None and event.get("realmId") not in self._realms:
-                return JSONResponse({"status": "ignored", "reason": "realm"}, status_code=202)
+            if self._realms is not None:
+                realm = _str(event.get("realmId"), "realmId")
+                if realm not in self._realms:
+                    return JSONResponse({"status": "ignored", "reason": "realm"}, status_code=202)
             ident = self._parse(event)
+        except RecursionError:  # nested deeper than the JSON parser goes
+            return _problem(400, "invalid-request", "Malformed event", "nested too deeply")
         except ValueError as exc:  # JSONDecodeError and _Malformed are ValueErrors
             return _problem(400, "invalid-request", "Malformed event", str(exc)[:200])
         if ident is None:
@@ -234,7 +243,7 @@ class WebhookReceiver:
         stamp = headers.get(TIMESTAMP_HEADER, "")
         if not given or not stamp:
             return self._unsigned("missing signature or timestamp header")
-        if not stamp.isdigit() or len(stamp) > 12:
+        if not _digits(stamp) or len(stamp) > 12:
             return self._unsigned("malformed timestamp")
         timestamp = int(stamp)
         offered = [p.strip() for p in given.split(",")][:4]
