@@ -337,6 +337,7 @@ class Credits:
             self.observer_source if hasattr(self.observer_source, "recent_refusals") else None
         )
         options.setdefault("refusals", refusals)
+        options.setdefault("prepare", self.ready)  # migrated before it serves, lifespan or not
         app = admin_app(self.ledger, **options)
         setattr(app, EXEMPT_ATTRIBUTE, True)
         return app

@@ -55,7 +55,8 @@ def int_param(request: Request, name: str, default: int | None, lo: int, hi: int
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not lo <= int(raw) <= hi:
+    # ASCII digits only (``str.isdigit`` takes "²"), and never more than ``hi`` has
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > len(str(hi)) or not lo <= int(raw) <= hi:
         raise invalid(f"{name} must be a whole number between {lo} and {hi}")
     return int(raw)
 

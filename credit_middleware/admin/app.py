@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from starlette.applications import Starlette
 from starlette.routing import Route
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import ConfigurationError
 from ..ledger import Ledger
 from ._api import Api, RefusalSource, problems
 from ._auth import build_auth
 from ._guard import AdminGuard, Authorize
+from ._inputs import Problem
 from ._login import Login, LoginRoutes
 from ._tier_api import TierWrites
 from .pages import Pages
@@ -47,6 +48,7 @@ def admin_app(
     refusals: RefusalSource | None = None,
     title: str = "Credit usage",
     clock: Callable[[], float] = time.time,
+    prepare: Callable[[], Awaitable[None]] | None = None,
 ) -> ASGIApp:
     """The admin API, pages and dashboard as one ASGI app, behind a required guard.
 
@@ -55,6 +57,9 @@ def admin_app(
     ``authorize`` is any async request check; ``login`` + ``session_secret`` sign people in
     with other credentials (``credentials_login``). ``tiers`` lists the tier names an operator
     may choose (the middleware's ``tiers`` keys); ``refusals`` feeds "recent refusals".
+    ``prepare`` runs before an authorised request is served (``Credits.admin`` passes its
+    ``ready``); by default the ledger is migrated on the first one, so the admin app works
+    before (or without) the app's lifespan and its first metered request.
     Mount it at a path the billing middleware exempts (``/admin`` and ``/admin/*``):
     ``AdminGuard.billing_exempt`` marks it.
     """
@@ -96,4 +101,41 @@ def admin_app(
         sign_in = LoginRoutes(auth.sessions, auth.login, title)
         routes.append(Route("/login", sign_in.page, methods=["GET", "POST"]))
         routes.append(Route("/logout", sign_in.logout, methods=["POST"]))
-    return AdminGuard(Starlette(routes=routes), authorize=auth.authorize, sessions=auth.sessions)
+    ready = _Ready(Starlette(routes=routes), prepare or _migrate_once(ledger))
+    return AdminGuard(ready, authorize=auth.authorize, sessions=auth.sessions)
+
+
+def _migrate_once(ledger: Ledger) -> Callable[[], Awaitable[None]]:
+    done = False
+
+    async def migrate() -> None:
+        nonlocal done
+        if not done:
+            await ledger.migrate()  # safe when several processes (or requests) do it at once
+            done = True
+
+    return migrate
+
+
+class _Ready:
+    """Serves a request only once the ledger's schema is there: a 503 problem (the ledger is
+    not ready, retry) while it can't be, never a 500 for a table not made yet."""
+
+    def __init__(self, app: ASGIApp, prepare: Callable[[], Awaitable[None]]) -> None:
+        self.app = app
+        self.prepare = prepare
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            try:
+                await self.prepare()
+            except Exception as exc:  # unreachable, or refused (a role without rights)
+                log.warning("admin: the ledger is not ready: %r", exc)
+                detail = "the ledger is unavailable or its schema is not migrated yet"
+                if isinstance(exc, ConfigurationError):
+                    detail = str(exc)
+                refusal = Problem(503, "ledger-unavailable", detail).response()
+                refusal.headers["Retry-After"] = "5"
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

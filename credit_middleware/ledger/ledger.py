@@ -110,6 +110,13 @@ def _priority(value: object) -> int:
     return value
 
 
+def _row_id(value: object, field: str) -> int:
+    """A row id (entry, grant, hold): a positive int inside the 64-bit columns that hold them."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 2**62:
+        raise ValueError(f"{field} must be a positive whole number below 2**62")
+    return value
+
+
 def _label(value: str | None, field: str) -> str | None:
     if value is not None and (not isinstance(value, str) or len(value) > 255 or "\x00" in value):
         raise ValueError(f"{field} must be a str of at most 255 characters without NUL")
@@ -449,6 +456,8 @@ class Ledger(RequestStore):
         """Return credits as a ``refund`` grant; against ``entry_id``, at most what it took."""
         account_id = check_account_id(account_id)
         micros = to_micros(amount)
+        if entry_id is not None:
+            _row_id(entry_id, "entry_id")
         tag = self._tag(key, layer, None, None, _metadata(metadata))
         ends = dt_to_us(expires_at) if expires_at is not None else None
         now = self.now_us()
@@ -767,7 +776,7 @@ class Ledger(RequestStore):
         account_id = check_account_id(account_id)
         if not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise ValueError("limit must be between 1 and 1000")
-        cursor = before if before is not None else 2**62
+        cursor = _row_id(before, "before") if before is not None else 2**62
         rows = await self._run(
             lambda conn: conn.fetch(
                 f"SELECT {ENTRY_COLS} FROM credit_entries WHERE account_id = $1 AND entry_id < $2"
