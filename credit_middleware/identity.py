@@ -240,6 +240,8 @@ class ApiKeyResolver:
             found = await asyncio.wait_for(self._lookup(key), self._timeout)
         except asyncio.TimeoutError:
             raise BackendUnavailable("api-key lookup", "timed out") from None
+        except InvalidAccountId as exc:  # the key's owner has an unusable id: not our outage
+            raise InvalidCredentials(f"unusable account id: {exc}") from None
         if found is None:
             raise InvalidCredentials("unknown API key")
         return found if found.source != "unknown" else replace(found, source="api_key")

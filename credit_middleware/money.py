@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 
 from .errors import InvalidAccountId, InvalidAmount
@@ -106,20 +107,39 @@ def from_micros(micros: int) -> Decimal:
 
 
 def check_account_id(account_id: object) -> str:
-    """Validate an account id: a non-empty string of at most 255 printable characters."""
+    """Validate an account id: a non-empty string of at most 255 printable characters, with
+    no space at either end.
+
+    Printable is ``str.isprintable()``: no character of the Unicode categories Other (``Cc``
+    controls, ``Cf`` format characters such as zero-width spaces and direction overrides,
+    ``Cs`` surrogates, ``Co`` private use, ``Cn`` unassigned) or Separator (``Zs`` spaces,
+    ``Zl``/``Zp`` line and paragraph separators), except the ASCII space. So ``ali\u200bce``
+    (which shows as ``alice``), ``admin\u202euser`` (which shows reversed) and ``a\u2028b``
+    are refused, while e-mails, UUIDs, IdP subjects (``auth0|abc``, ``google-oauth2|123``) and
+    names in any script are fine. The id is taken exactly as given: never trimmed or
+    normalised, so one user never quietly becomes two accounts, or two users one.
+    """
     if not isinstance(account_id, str):
         raise InvalidAccountId(f"account id must be a str, not {type(account_id).__name__}")
     if not account_id or not account_id.strip():
         raise InvalidAccountId("account id must not be empty")
     if len(account_id) > MAX_ACCOUNT_ID_LENGTH:
         raise InvalidAccountId(f"account id is longer than {MAX_ACCOUNT_ID_LENGTH} characters")
-    if _CONTROL.search(account_id):
-        raise InvalidAccountId("account id must not contain control characters (NUL, newline, ...)")
-    try:
-        account_id.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidAccountId("account id must be valid unicode (no lone surrogates)") from None
+    if not account_id.isprintable():
+        at, char = next((i, c) for i, c in enumerate(account_id) if not c.isprintable())
+        raise InvalidAccountId(
+            f"account id must be printable: {_named(char)} at position {at} is not (no"
+            " control, invisible, direction-changing or separator characters but the space)"
+        )
+    if account_id[0] == " " or account_id[-1] == " ":
+        raise InvalidAccountId("account id must not begin or end with a space")
     return account_id
+
+
+def _named(char: str) -> str:
+    """``U+200B ZERO WIDTH SPACE (Cf)``: a character named without printing it."""
+    name = unicodedata.name(char, "") if not 0xD800 <= ord(char) <= 0xDFFF else ""
+    return f"U+{ord(char):04X}{' ' + name if name else ''} ({unicodedata.category(char)})"
 
 
 MAX_KEY_LENGTH = 255
