@@ -11,6 +11,9 @@ the safety net for a user that every attempt missed.
         user = await users.create(body)
         return {"id": user.sub, "email": user.email}
 
+A plain ``def`` handler (FastAPI's full-stack template writes them so) is decorated the same
+way; it runs in a worker thread.
+
 For a route you don't write (fastapi-users' generated router), call ``await
 credits.provision(user.id, email=user.email, request=request)`` from its hook instead.
 """
@@ -26,6 +29,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from ._newuser import AccountIdGetter, _identity, _payload, default_account_id, identity_for
@@ -47,7 +51,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("credit_middleware.signup")
 
-F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+F = TypeVar("F", bound=Callable[..., Any])
 
 _REQUEST_PARAM = "credit_signup_request__"
 _MAX_RUNNERS = 16
@@ -218,11 +222,13 @@ def provision_credits(
     account_id: AccountIdGetter = default_account_id,
     **options: Any,
 ) -> Callable[[F], F]:
-    """Decorate an async registration handler to provision the new user once it succeeded.
+    """Decorate a registration handler to provision the new user once it succeeded.
 
     Works on Starlette endpoints, FastAPI path operations (the signature is kept, so body
     models and ``Depends`` still resolve; a ``Request`` parameter is added for FastAPI to fill
-    if the handler has none) and any async function. ``account_id(result, request)`` finds the
+    if the handler has none) and any function, ``async def`` or plain ``def``: the decorated
+    handler is async either way, and a plain one runs in a worker thread, as the framework
+    would have run it. ``account_id(result, request)`` finds the
     user; ``options`` go to :class:`SignupProvisioning` (``budget``, ``attempts``, ...).
 
     ``target`` may also be a callable that finds the provisioner at call time, given the
@@ -248,8 +254,9 @@ def provision_credits(
     runner = runner_for(None) if fixed is not None else None
 
     def decorate(handler: F) -> F:
-        if not inspect.iscoroutinefunction(handler):
-            raise ConfigurationError("@provision_credits needs an async handler")
+        if not callable(handler):
+            raise ConfigurationError("@provision_credits decorates a handler (a function)")
+        call = handler if inspect.iscoroutinefunction(handler) else _in_thread(handler)
         sig = inspect.signature(handler)
         request_name = next(
             (n for n, p in sig.parameters.items() if _is_request(p.annotation)), None
@@ -259,7 +266,7 @@ def provision_credits(
         @functools.wraps(handler)
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
             request = kwargs.pop(_REQUEST_PARAM, None)
-            result = await handler(*args, **kwargs)
+            result = await call(*args, **kwargs)
             if request is None:
                 candidates = [*args, kwargs.get(request_name) if request_name else None]
                 request = next((a for a in candidates if isinstance(a, Request)), None)
@@ -295,6 +302,17 @@ def provision_credits(
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def _in_thread(handler: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    """A plain ``def`` handler, run in a worker thread as FastAPI and Starlette run one (its
+    blocking database calls never stall the event loop); an awaitable it returns is awaited."""
+
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        result = await run_in_threadpool(handler, *args, **kwargs)
+        return await result if inspect.isawaitable(result) else result
+
+    return call
 
 
 def _no_user(handler: Callable[..., Any], warned: list[bool]) -> None:

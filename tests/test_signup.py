@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from decimal import Decimal
 from types import SimpleNamespace
 from typing import Annotated, Any
@@ -45,6 +47,11 @@ class UserOut(BaseModel):
 
 def get_realm() -> str:
     return "acme"
+
+
+def get_session() -> Iterator[dict[str, str]]:
+    """A sync dependency that yields, as a database session does."""
+    yield {"realm": "acme"}
 
 
 def client(app: Any) -> httpx.AsyncClient:
@@ -129,7 +136,46 @@ def test_signature_is_kept_for_dependency_injection() -> None:
     assert wrapped.__wrapped__ is handler  # type: ignore[attr-defined]
     assert wrapped.__name__ == "handler"
     with pytest.raises(ConfigurationError):
-        provision_credits(Provisioner(Ledger("sqlite:///:memory:")))(lambda: None)  # type: ignore
+        provision_credits(Provisioner(Ledger("sqlite:///:memory:")))(42)  # type: ignore[type-var]
+
+
+async def test_plain_def_handlers_are_provisioned_and_run_off_the_event_loop(
+    ledger: Ledger,
+) -> None:
+    """The full-stack FastAPI template's handlers are all plain ``def``: a body model, a
+    ``Depends`` that yields a (blocking) session, a ``response_model``; and a sync Starlette
+    endpoint. Each still runs in a worker thread, as the framework would run it."""
+    prov = Provisioner(ledger)
+    loop_thread = threading.get_ident()
+    threads: list[int] = []
+
+    app = FastAPI()
+
+    @app.post("/users/signup", response_model=UserOut)
+    @provision_credits(prov)
+    def register_user(
+        body: RegisterBody, session: Annotated[dict[str, str], Depends(get_session)]
+    ) -> UserOut:
+        threads.append(threading.get_ident())
+        time.sleep(0.01)  # a blocking call, as a sync database session makes
+        return UserOut(user_id=f"{session['realm']}:{body.username}", email=body.email)
+
+    def starlette_register(request: Request) -> JSONResponse:
+        threads.append(threading.get_ident())
+        return JSONResponse({"user_id": request.query_params["name"]}, status_code=201)
+
+    app.add_route("/plain", provision_credits(prov)(starlette_register), methods=["POST"])
+    async with client(app) as c:
+        r = await c.post("/users/signup", json={"username": "syd", "email": "syd@example.org"})
+        assert r.status_code == 200, r.text
+        assert r.json() == {"user_id": "acme:syd", "email": "syd@example.org"}
+        assert (await c.post("/plain?name=plain-1")).status_code == 201
+    assert await trial_grants(ledger, "acme:syd") == 1
+    assert await trial_grants(ledger, "plain-1") == 1
+    assert len(threads) == 2 and loop_thread not in threads
+    op = app.openapi()["paths"]["/users/signup"]["post"]
+    assert "RegisterBody" in str(op["requestBody"])
+    assert "session" not in str(op.get("parameters", []))
 
 
 async def test_starlette_endpoint_reads_the_json_response(ledger: Ledger) -> None:
