@@ -42,6 +42,8 @@ def test_where_a_url_puts_the_ledger() -> None:
     assert (named.schema, named.chosen) == ("billing", False)
     assert place('postgresql://u@h/db?search_path="Odd ""Name"""').schema == 'Odd "Name"'
     assert place("postgresql://u@h/db?search_path=$user,public").schema is None
+    options = place("postgresql://u@h/db?options=-c%20search_path%3Dledger,public")
+    assert (options.schema, options.chosen) == ("ledger", False)
 
 
 async def _books(ledger: Ledger, accounts: list[str]) -> list[object]:

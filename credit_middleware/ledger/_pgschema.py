@@ -43,6 +43,7 @@ log = logging.getLogger("credit_middleware.ledger")
 DEFAULT_SCHEMA = "credit_middleware"
 
 _TABLE = re.compile(r"\bCREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", re.IGNORECASE)
+_OPTION = re.compile(r"(?:-c\s*|--)search_path=(\S+)")
 _FUNCTION = re.compile(r"\bCREATE\s+(?:OR\s+REPLACE\s+)?FUNCTION\s+(\w+)", re.IGNORECASE)
 
 
@@ -65,9 +66,11 @@ def place(dsn: str) -> PgPlace:
     """The ledger's place for a PostgreSQL URL."""
     query = parse_qs(urlsplit(dsn).query)
     given = query.get("search_path")
+    if not given:  # libpq's way: options=-c search_path=...
+        given = _OPTION.findall(" ".join(query.get("options", ())))
     if not given:
         return PgPlace(DEFAULT_SCHEMA, quote(DEFAULT_SCHEMA))
-    first = given[-1].split(",")[0].strip()  # asyncpg takes a parameter's last value
+    first = given[-1].split(",")[0].strip()  # the server takes a setting's last value
     if first.startswith('"') and first.endswith('"') and len(first) >= 2:
         first = first[1:-1].replace('""', '"')
     return PgPlace(None if first in ("", "$user") else first, None)

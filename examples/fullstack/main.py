@@ -10,7 +10,8 @@ the users' routes, the health check and the docs are not.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
@@ -42,13 +43,21 @@ def create_app(
         jwt_secret=settings.secret_key,  # credits: the app's own tokens
     )  # credits
 
+    engine = make_engine(settings.database_url)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.dispose()  # the pool's connections, closed with the app
+
     app = FastAPI(
         title=settings.project_name,
         openapi_url=f"{settings.api_v1_str}/openapi.json",
         generate_unique_id_function=custom_generate_unique_id,
+        lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.engine = make_engine(settings.database_url)
+    app.state.engine = engine
     app.state.credits = credits  # credits
     # inside CORS: preflights pass untouched and refusals carry the CORS headers
     app.add_middleware(CreditMiddleware, credits=credits)  # credits
