@@ -99,7 +99,7 @@ async def test_a_jwt_sub_api_key_or_header_with_one_is_a_401(ledger: Ledger) -> 
             assert "printable" in r.text or "space" in r.text
         r = await c.get("/v1/echo", headers={"x-api-key": "k-zw"})
         assert r.status_code == 401, r.text
-        r = await c.get("/v1/echo", headers={"x-user-id": "admin\u202euser".encode()})
+        r = await c.get("/v1/echo", headers={b"x-user-id": "admin\u202euser".encode()})
         assert r.status_code == 401, r.text
         # the same credentials with a plain id are served
         assert (await c.get("/v1/echo", headers={"x-api-key": "k-ok"})).status_code == 200
