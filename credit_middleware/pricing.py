@@ -13,18 +13,29 @@ import fnmatch
 import inspect
 import logging
 import re
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal, TypeVar
 
 from starlette.requests import HTTPConnection
 from starlette.types import Scope
 
+from ._routing import UnknownRoute, route_path, served
 from .errors import ConfigurationError
 from .money import cost_to_micros
 
-__all__ = ["DEFAULT_EXEMPT", "Mode", "Price", "PricedRoute", "Pricing", "Route", "priced"]
+__all__ = [
+    "DEFAULT_EXEMPT",
+    "Mode",
+    "Price",
+    "PricedRoute",
+    "Pricing",
+    "Route",
+    "UnpricedRoute",
+    "priced",
+]
 
 log = logging.getLogger("credit_middleware.pricing")
 
@@ -143,9 +154,9 @@ def priced(
     ``@priced(mode="hold", cost="0.05")``, ``@priced(mode="exempt")``.
 
     The endpoint is returned unchanged (FastAPI's signature and dependencies are untouched);
-    the middleware reads the price from the app's routes before the first request is priced,
-    so it is known before the handler runs. Priced FastAPI routes get their 401/402/429/503
-    answers documented in OpenAPI.
+    the middleware finds the endpoint the router will call before the handler runs, and
+    prices the request by this declaration (wherever the route is: included routers, mounts).
+    Priced FastAPI routes get their 401/402/429/503 answers documented in OpenAPI.
     """
     declared = Route("", cost, mode, None, limits, name)
     _check(declared)
@@ -157,8 +168,20 @@ def priced(
     return mark
 
 
-_CACHE_SIZE = 4096  # paths whose price is remembered
+_CACHE_SIZE = 4096  # paths whose price is remembered (per app)
 _CACHED_PATH = 512  # longest path remembered
+_MISS = object()
+#: an attribute of the credit middleware's class: a mounted app that has it in its own
+#: middleware meters itself, and the middleware of the app it is mounted in leaves it alone
+METERS_ITSELF = "__credit_meters__"
+
+
+class UnpricedRoute(ConfigurationError):
+    """A metered request whose route cannot be priced (fail closed: it is refused)."""
+
+    def __init__(self, route: str, why: str) -> None:
+        super().__init__(f"route {route} cannot be priced: {why}")
+        self.route = route
 
 
 class Pricing:
@@ -170,8 +193,16 @@ class Pricing:
     ``meter`` names what is metered, and meters them (``"fixed"``) otherwise; ``"exempt"``
     meters only what is listed, ``"fixed"`` every path.
 
+    Patterns match the path the app's router matches: inside ``root_path`` (set by the server,
+    the app or a mount), relative to the app the middleware is added to. The route the router
+    will serve is found as the router finds it (mounts, hosts, FastAPI's included routers), and
+    an endpoint decorated with :func:`priced` is priced by its decorator. The router's own
+    trailing-slash redirect is not metered (the request it redirects to is).
+
     A HEAD request is priced as the GET of the same path unless ``head_as_get=False`` (then a
-    route must list ``HEAD`` in its methods to match it).
+    route must list ``HEAD`` in its methods to match it). ``websockets="exempt"`` leaves every
+    WebSocket connection unmetered; by default one on a metered path is identified, rate
+    limited and billed once per accepted connection, at the price of its route.
     """
 
     def __init__(
@@ -185,25 +216,32 @@ class Pricing:
         default_mode: Mode | None = None,
         document: bool = True,
         head_as_get: bool = True,
+        websockets: Literal["connection", "exempt"] = "connection",
     ) -> None:
         if default_mode is not None and default_mode not in _MODES:
             raise ConfigurationError(f"default_mode must be one of {_MODES} or None")
         if isinstance(exempt, str) or isinstance(default_exempt, str):
             raise ConfigurationError("exempt and default_exempt are lists of patterns")
+        if websockets not in ("connection", "exempt"):
+            raise ConfigurationError("websockets must be 'connection' or 'exempt'")
         self.default_micros = _micros(default_cost, "default_cost")
         self._exempt = [_compile(p) for p in (*default_exempt, *exempt)]
         self._default_mode = default_mode
         self._document = document
         self._head_as_get = head_as_get
+        self.websockets = websockets
         self._routes: list[tuple[re.Pattern[str], frozenset[str] | None, Price]] = []
-        # (path, method) -> its price: a path's answer is the same until a route is added, and
-        # working it out matches every exempt pattern (about twenty) on every metered request
-        self._cache: dict[tuple[str, str], Price | None] = {}
+        # per app: (type, path, method) -> its price. A path's answer is the same until a
+        # route is added, and working it out asks the app's routes and matches every exempt
+        # pattern (about twenty) on every metered request
+        self._apps: weakref.WeakKeyDictionary[Any, dict[Any, Price | None]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._cache: dict[Any, Price | None] = {}  # requests that name no app
         for r in routes:
             self.add(r)
         patterns = [meter] if isinstance(meter, str) else list(meter)
         self._metered = [(_compile(p), Price("fixed", self.default_micros, p)) for p in patterns]
-        self._seen: set[int] = set()
 
     def add(self, route: Route, *, first: bool = False) -> None:
         """Price one more route (``first``: before those already listed)."""
@@ -218,6 +256,7 @@ class Pricing:
         price = Price(route.mode, micros, route.name or route.pattern, route.limits, fn)
         entry = (_compile(route.pattern), methods, price)
         self._cache.clear()
+        self._apps.clear()
         if first:
             self._routes.insert(0, entry)
         else:
@@ -231,27 +270,92 @@ class Pricing:
         return "exempt" if self._metered else "fixed"
 
     def price(self, scope: Scope) -> Price | None:
-        """The request's price, or None when it is exempt."""
-        app = scope.get("app")
-        if app is not None and id(app) not in self._seen:
-            self.discover(app)
-        return self.price_of(scope.get("path", ""), scope.get("method", "GET"))
+        """The request's price, or None when it is exempt (HTTP and WebSocket scopes).
 
-    def price_of(self, path: str, method: str = "GET") -> Price | None:
-        """The price of a path and method, or None when it is exempt."""
-        key = (path, method)
-        try:
-            return self._cache[key]
-        except KeyError:
-            pass
-        price = self._find(path, method)
-        if len(path) <= _CACHED_PATH:  # bounded: unseen paths (ids in them) can't grow it
-            if len(self._cache) >= _CACHE_SIZE:
-                self._cache.clear()
-            self._cache[key] = price
+        Raises :class:`UnpricedRoute` when the router would serve a metered request with a
+        route whose endpoint cannot be read (its price might be declared there)."""
+        kind = scope.get("type", "http")
+        if kind == "websocket":
+            if self.websockets == "exempt":
+                return None
+            method = "GET"  # the upgrade request
+        else:
+            method = scope.get("method", "GET")
+        path = route_path(scope)
+        app = scope.get("app")
+        cache = self._cache if app is None else self._cache_of(app)
+        key = (kind, path, method)
+        hit = cache.get(key, _MISS)
+        if hit is not _MISS:
+            return hit  # type: ignore[return-value]
+        price, cacheable = self._decide(app, scope, path, method)
+        if cacheable and len(path) <= _CACHED_PATH:  # bounded: ids in paths can't grow it
+            if len(cache) >= _CACHE_SIZE:
+                cache.clear()
+            cache[key] = price
         return price
 
-    def _find(self, path: str, method: str) -> Price | None:
+    def _cache_of(self, app: Any) -> dict[Any, Price | None]:
+        try:
+            cache = self._apps.get(app)
+        except TypeError:  # an app that can't be weakly referenced: no memory of its own
+            return {}
+        if cache is None:
+            cache = self._apps[app] = {}
+            self.discover(app)
+        return cache
+
+    def _decide(self, app: Any, scope: Scope, path: str, method: str) -> tuple[Price | None, bool]:
+        """The price and whether it may be remembered for the path."""
+        found = None
+        if app is not None:
+            try:
+                found = served(app, scope, opaque=self.opaque)
+            except UnknownRoute as exc:
+                if self.price_of(path, method) is None:
+                    return None, True  # not metered whatever it declares: left alone
+                raise UnpricedRoute(exc.template, f"the router serves it with {exc}") from None
+        if found is None:
+            return self.price_of(path, method), True
+        cacheable = not found.by_host
+        if found.redirect:  # the router answers it itself, before any endpoint runs
+            return None, cacheable
+        return self.endpoint_price(found.endpoint, path, method, found.template), cacheable
+
+    def endpoint_price(
+        self, endpoint: Any, path: str, method: str = "GET", template: str | None = None
+    ) -> Price | None:
+        """The price of a request the router serves with ``endpoint`` (None: no route): its
+        :func:`priced` declaration, else the price of its path. ``template`` names the route
+        in the ledger."""
+        if endpoint is not None:
+            if self.opaque(endpoint):
+                return None
+            mark = getattr(endpoint, PRICE_ATTRIBUTE, None)
+            if isinstance(mark, Route):
+                if mark.mode == "exempt":
+                    return None
+                fn = mark.cost if callable(mark.cost) else None
+                micros = self.default_micros
+                if mark.cost is not None and fn is None:
+                    micros = _micros(mark.cost, f"cost of {template or path}")
+                return Price(mark.mode, micros, mark.name or template or path, mark.limits, fn)
+        return self.price_of(path, method)
+
+    @staticmethod
+    def opaque(app: Any) -> bool:
+        """Whether a mounted app is left alone: marked ``billing_exempt`` (the admin app), or
+        metering itself with a credit middleware of its own (never billed twice)."""
+        if getattr(app, EXEMPT_ATTRIBUTE, False) is True:
+            return True
+        stack = getattr(app, "user_middleware", None)
+        if not isinstance(stack, list):
+            return False
+        return any(getattr(getattr(m, "cls", None), METERS_ITSELF, False) for m in stack)
+
+    def price_of(self, path: str, method: str = "GET") -> Price | None:
+        """The price of a path and method by the configured patterns alone (no app's routes),
+        or None when it is exempt."""
         if method == "HEAD" and self._head_as_get:
             method = "GET"  # a HEAD is a GET without its body: the same route, the same price
         for regex, methods, price in self._routes:
@@ -266,25 +370,9 @@ class Pricing:
         return None if mode == "exempt" else Price(mode, self.default_micros, "default")
 
     def discover(self, app: Any) -> None:
-        """Read the prices declared on an app's routes (:func:`priced`), exempt mounts of apps
-        marked ``billing_exempt`` (the admin app), and document priced FastAPI routes.
-
-        Called once per app, with the first request (or lifespan) that names it."""
-        self._seen.add(id(app))
-        from ._discover import walk
-
-        declared, exempt_mounts, api_routes = walk(app)
-        for pattern in exempt_mounts:
-            self.add(Route(pattern, mode="exempt", name="mount"), first=True)
-        for pattern, methods, route in declared:
-            self.add(replace(route, pattern=pattern, methods=methods), first=True)
-        if declared or exempt_mounts:
-            log.info(
-                "pricing: %d priced route(s), %d exempt mount(s) found on the app",
-                len(declared),
-                len(exempt_mounts),
-            )
+        """Document the refusals of the app's priced FastAPI routes in its OpenAPI (called once
+        per app, with the first request or lifespan that names it)."""
         if self._document:
             from ._discover import document
 
-            document(app, api_routes, self)
+            document(app, self)
