@@ -47,12 +47,14 @@ async def test_added_last_outside_cors_preflights_pass_and_refusals_are_readable
     if kind == "starlette":
         app: Any = Starlette(routes=[Route("/v1/echo", echo)], middleware=[cors()])
     else:
-        app = FastAPI()
-        app.add_middleware(CORSMiddleware, allow_origins=[ORIGIN], allow_headers=["Authorization"])
+        api = FastAPI()
+        api.add_middleware(CORSMiddleware, allow_origins=[ORIGIN], allow_headers=["Authorization"])
 
-        @app.get("/v1/echo")
+        @api.get("/v1/echo")
         async def hello(request: Request) -> dict[str, str]:
             return {"account": request.state.credit_account_id}
+
+        app = api
 
     app.add_middleware(
         CreditMiddleware, credits=credits_for(ledger, cost="2")

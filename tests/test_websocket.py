@@ -83,6 +83,7 @@ async def test_an_accepted_websocket_is_billed_once_and_a_denied_one_is_refunded
         async with connect(ws + "/v1/ws", additional_headers=auth("sock")) as conn:
             hello = json.loads(await conn.recv())
             await conn.send("bye")
+            assert conn.response is not None
             handshake = conn.response.headers
         with pytest.raises(InvalidStatus) as caught:
             async with connect(ws + "/v1/deny", additional_headers=auth("sock")):
@@ -125,6 +126,7 @@ async def test_websockets_can_be_exempted(ledger_url: str, led: Ledger) -> None:
             async with connect(base.replace("http", "ws") + "/v1/ws") as conn:
                 assert json.loads(await conn.recv()) == {"account": None}  # nothing of ours
                 await conn.send("bye")
+                assert conn.response is not None
                 assert "credit-charge-id" not in conn.response.headers
 
 

@@ -169,7 +169,10 @@ async def handshake(app: ASGIApp, path: str, headers: dict[str, str]) -> Message
         "subprotocols": [],
         "extensions": {"websocket.http.response": {}},
     }
-    task = asyncio.create_task(app(scope, inbox.get, outbox.put))
+    async def run() -> None:
+        await app(scope, inbox.get, outbox.put)
+
+    task = asyncio.create_task(run())
     try:
         first = await asyncio.wait_for(outbox.get(), 10)
         if first["type"] == "websocket.accept":
