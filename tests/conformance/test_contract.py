@@ -169,6 +169,7 @@ async def handshake(app: ASGIApp, path: str, headers: dict[str, str]) -> Message
         "subprotocols": [],
         "extensions": {"websocket.http.response": {}},
     }
+
     async def run() -> None:
         await app(scope, inbox.get, outbox.put)
 
