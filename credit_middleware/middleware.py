@@ -86,8 +86,7 @@ class CreditMiddleware:
 
     def __init__(
         self,
-        app: ASGIApp,
-        /,
+        app: ASGIApp,  # by keyword from Starlette < 0.38, by position after
         *,
         credits: Credits | None = None,
         after: Iterable[type] = (),
