@@ -19,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from credit_middleware import CreditMiddleware, Credits, Ledger, Provisioner, priced
 from examples import app as starlette_example
+from examples import fastapi_app as fastapi_example
 
 pytestmark = pytest.mark.anyio
 ROOT_PATH_DEPRECATED = "ignore:The .root_path. parameter is deprecated"
@@ -28,17 +29,25 @@ def sub_app() -> Starlette:
     return Starlette(routes=[Route("/v1/echo", echo), Route("/free", echo)])
 
 
-async def test_root_path_from_the_server_keeps_metering(ledger_url: str) -> None:
-    """``uvicorn --root-path /api`` behind a proxy: the example app is metered, not a 500."""
-    app = starlette_example.create_app(database_url=ledger_url, jwt_secret=SECRET)
+@pytest.mark.parametrize("example", [starlette_example, fastapi_example], ids=["app", "fastapi"])
+async def test_root_path_from_the_server_keeps_metering(
+    ledger_url: str, example: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``uvicorn --root-path /api`` behind a proxy: the examples are metered, not a 500 (and
+    the FastAPI one's refusals are readable by its frontend's origin)."""
+    monkeypatch.setenv("CORS_ORIGINS", "https://front.example")
+    app = example.create_app(database_url=ledger_url, jwt_secret=SECRET)
     led = Ledger(ledger_url)
+    origin = {"Origin": "https://front.example"}
     try:
         with serve(app, root_path="/api") as url:
             async with httpx.AsyncClient(base_url=url) as c:
-                anonymous = await c.get("/v1/echo")
+                anonymous = await c.get("/v1/echo", headers=origin)
                 paid = await c.get("/v1/echo", headers=bearer("rp"))
         assert anonymous.status_code == 401, anonymous.text
         assert anonymous.headers["content-type"] == "application/problem+json"
+        if example is fastapi_example:
+            assert anonymous.headers["access-control-allow-origin"] == origin["Origin"]
         assert paid.status_code == 200 and paid.headers["credit-cost"] == "0.001"
         assert await balance(led, "rp") == Decimal("4.999")
         assert (await led.verify()).ok
