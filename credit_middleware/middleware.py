@@ -86,12 +86,17 @@ class CreditMiddleware:
 
     def __init__(
         self,
-        app: ASGIApp,  # by keyword from Starlette < 0.38, by position after
+        app: ASGIApp | None = None,
+        /,
         *,
         credits: Credits | None = None,
         after: Iterable[type] = (),
         **options: Any,
     ) -> None:
+        if app is None:  # Starlette < 0.38 builds the stack with app= by keyword
+            app = options.pop("app", None)
+            if app is None:
+                raise ConfigurationError("CreditMiddleware wraps an ASGI app: give it first")
         self._owns_credits = credits is None
         if credits is None:
             try:
