@@ -6,7 +6,8 @@ accepts, and left alone when exempted."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+import time
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -45,13 +46,8 @@ def ws_app(ledger_url: str, **options: Any) -> Starlette:
 
 
 @pytest.fixture
-async def led(ledger_url: str) -> AsyncIterator[Ledger]:
-    ledger = Ledger(ledger_url)
-    try:
-        yield ledger
-        assert (await ledger.verify()).ok
-    finally:
-        await ledger.close()
+def ledger_clock() -> Callable[[], float]:
+    return time.time  # the app's ledger runs on the wall clock
 
 
 def auth(sub: str) -> dict[str, str]:
@@ -66,7 +62,7 @@ async def refused(url: str, **headers: str) -> Any:
 
 
 async def test_a_websocket_without_credential_is_refused_before_the_handshake(
-    ledger_url: str, led: Ledger
+    ledger_url: str, ledger: Ledger
 ) -> None:
     with serve(ws_app(ledger_url)) as base:
         response = await refused(base.replace("http", "ws") + "/v1/ws")
@@ -76,7 +72,7 @@ async def test_a_websocket_without_credential_is_refused_before_the_handshake(
 
 
 async def test_an_accepted_websocket_is_billed_once_and_a_denied_one_is_refunded(
-    ledger_url: str, led: Ledger
+    ledger_url: str, ledger: Ledger
 ) -> None:
     with serve(ws_app(ledger_url, cost="0.5")) as base:
         ws = base.replace("http", "ws")
@@ -92,13 +88,13 @@ async def test_an_accepted_websocket_is_billed_once_and_a_denied_one_is_refunded
     assert handshake["credit-cost"] == "0.5" and handshake["credit-balance"] == "4.5"
     assert handshake["credit-charge-id"].startswith("c_") and "ratelimit" in handshake
     assert caught.value.response.status_code == 403  # the app's own refusal
-    assert await balance(led, "sock") == Decimal("4.5")  # the denied one was refunded
-    kinds = [e.kind for e in await led.history("sock")]
+    assert await balance(ledger, "sock") == Decimal("4.5")  # the denied one was refunded
+    kinds = [e.kind for e in await ledger.history("sock")]
     assert kinds.count("debit") == 2 and kinds.count("refund") == 1
 
 
 async def test_websockets_are_rate_limited_and_refused_when_credits_run_out(
-    ledger_url: str, led: Ledger
+    ledger_url: str, ledger: Ledger
 ) -> None:
     app = ws_app(ledger_url, cost="3", tiers={"trial": "2/minute"})
     with serve(app) as base:
@@ -110,10 +106,10 @@ async def test_websockets_are_rate_limited_and_refused_when_credits_run_out(
         limited = await refused(url, **auth("limited"))
     assert poor.status_code == 402 and json.loads(poor.body)["available"] == "2"
     assert limited.status_code == 429 and "retry-after" in limited.headers
-    assert await balance(led, "limited") == Decimal("2")
+    assert await balance(ledger, "limited") == Decimal("2")
 
 
-async def test_websockets_can_be_exempted(ledger_url: str, led: Ledger) -> None:
+async def test_websockets_can_be_exempted(ledger_url: str, ledger: Ledger) -> None:
     everything = Pricing(meter="/v1/*", websockets="exempt")
     one_route = Pricing(meter="/v1/*", routes=[PricedRoute("/v1/ws", mode="exempt")])
     for pricing in (everything, one_route):
@@ -131,7 +127,7 @@ async def test_websockets_can_be_exempted(ledger_url: str, led: Ledger) -> None:
 
 
 async def test_a_hold_route_cannot_meter_a_websocket_and_says_so(
-    ledger_url: str, led: Ledger
+    ledger_url: str, ledger: Ledger
 ) -> None:
     pricing = Pricing(meter="/v1/*", routes=[PricedRoute("/v1/ws", mode="hold", cost="1")])
     app = Starlette(routes=[WebSocketRoute("/v1/ws", talk)])
@@ -144,4 +140,4 @@ async def test_a_hold_route_cannot_meter_a_websocket_and_says_so(
     assert response.status_code == 500
     body = json.loads(response.body)
     assert body["type"].endswith(":unpriced-route") and body["route"] == "/v1/ws"
-    assert await led.get_account("held") is None
+    assert await ledger.get_account("held") is None
