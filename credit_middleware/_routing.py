@@ -151,11 +151,11 @@ class _Walk:
         return Served(endpoint, template)
 
 
-def routing_target(app: Any) -> Any:
-    """What a mount routes into: the app, or the app inside the middleware that wraps it
-    (``Mount("/api", app=SomeMiddleware(api))``); None when nothing there has routes."""
+def routing_target(app: Any, depth: int = _MAX_DEPTH) -> Any:
+    """What an app routes with: the app, or the router or app inside the middleware that wraps
+    it (``Mount("/api", app=SomeMiddleware(api))``); None when nothing there has routes."""
     node = app
-    for _ in range(_MAX_DEPTH):
+    for _ in range(depth):
         if getattr(node, "routes", None) is not None:
             return node
         node = getattr(node, "app", None)

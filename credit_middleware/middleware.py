@@ -24,6 +24,7 @@ from ._bill import CHARGE_ID_HEADER, _Bill
 from ._idempotency import client_key, read_request
 from ._outcome import Outcomes
 from ._placement import RUNS_AFTER, innermost, place_inside
+from ._routing import routing_target
 from ._websocket import answer
 from ._websocket import serve as serve_websocket
 from .credits import Credits
@@ -116,6 +117,9 @@ class CreditMiddleware:
         if host is not None:
             self._entry = app
             self.app = place_inside(host, self._meter).app
+        # whose routes serve what we admit: the router of the app we were added to, or the app
+        # we wrap directly (a middleware mounted as it is: CreditMiddleware(api))
+        self._routes = routing_target(self.app, depth=64)
         self.credits = credits
         self.observer = credits.observer
         self.redis = credits.redis
@@ -176,7 +180,7 @@ class CreditMiddleware:
             await self.app(scope, receive, send)  # a CORS preflight is never billed or refused
             return
         try:
-            price = self.pricing.price(scope)
+            price = self.pricing.price(scope, self._routing_app(scope))
             if price is not None and kind == "websocket" and price.mode == "hold":
                 raise UnpricedRoute(price.route, "a hold can't meter a WebSocket connection")
         except UnpricedRoute as exc:
@@ -209,6 +213,14 @@ class CreditMiddleware:
         else:
             await bill.run(self, scope, receive, send)
         self.observer.request_overhead(overhead + bill.post_seconds)
+
+    def _routing_app(self, scope: Scope) -> Any:
+        """The app whose routes serve this request: the app Starlette names in the scope when
+        we are in its stack (it is the one to document), else the one we wrap."""
+        app = scope.get("app")
+        if self._routes is None or getattr(app, "router", None) is self._routes:
+            return app
+        return self._routes
 
     def _on_startup(self, receive: Receive) -> Receive:
         async def wrapped() -> Message:

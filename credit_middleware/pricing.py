@@ -237,6 +237,7 @@ class Pricing:
         self._apps: weakref.WeakKeyDictionary[Any, dict[Any, Price | None]] = (
             weakref.WeakKeyDictionary()
         )
+        self._by_id: dict[int, tuple[weakref.ref[Any], dict[Any, Price | None]]] = {}
         self._cache: dict[Any, Price | None] = {}  # requests that name no app
         for r in routes:
             self.add(r)
@@ -257,6 +258,7 @@ class Pricing:
         entry = (_compile(route.pattern), methods, price)
         self._cache.clear()
         self._apps.clear()
+        self._by_id.clear()
         if first:
             self._routes.insert(0, entry)
         else:
@@ -269,11 +271,13 @@ class Pricing:
             return self._default_mode
         return "exempt" if self._metered else "fixed"
 
-    def price(self, scope: Scope) -> Price | None:
+    def price(self, scope: Scope, app: Any = None) -> Price | None:
         """The request's price, or None when it is exempt (HTTP and WebSocket scopes).
 
-        Raises :class:`UnpricedRoute` when the router would serve a metered request with a
-        route whose endpoint cannot be read (its price might be declared there)."""
+        ``app`` is the app (or router) whose routes serve the request; by default the app
+        Starlette names in the scope. Raises :class:`UnpricedRoute` when the router would serve
+        a metered request with a route whose endpoint cannot be read (its price might be
+        declared there)."""
         kind = scope.get("type", "http")
         if kind == "websocket":
             if self.websockets == "exempt":
@@ -282,7 +286,8 @@ class Pricing:
         else:
             method = scope.get("method", "GET")
         path = route_path(scope)
-        app = scope.get("app")
+        if app is None:
+            app = scope.get("app")
         cache = self._cache if app is None else self._cache_of(app)
         key = (kind, path, method)
         hit = cache.get(key, _MISS)
@@ -298,11 +303,23 @@ class Pricing:
     def _cache_of(self, app: Any) -> dict[Any, Price | None]:
         try:
             cache = self._apps.get(app)
-        except TypeError:  # an app that can't be weakly referenced: no memory of its own
-            return {}
+        except TypeError:  # unhashable (Starlette's Router): by id, while it lives
+            return self._cache_by_id(app)
         if cache is None:
             cache = self._apps[app] = {}
             self.discover(app)
+        return cache
+
+    def _cache_by_id(self, app: Any) -> dict[Any, Price | None]:
+        known = self._by_id.get(id(app))
+        if known is not None and known[0]() is app:
+            return known[1]
+        cache: dict[Any, Price | None] = {}
+        try:
+            self._by_id[id(app)] = (weakref.ref(app), cache)
+        except TypeError:  # nor weakly referenced: no memory of its own
+            return cache
+        self.discover(app)
         return cache
 
     def _decide(self, app: Any, scope: Scope, path: str, method: str) -> tuple[Price | None, bool]:
