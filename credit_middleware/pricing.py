@@ -9,6 +9,7 @@ list (health, docs, metrics, signup and auth routes, webhooks) and exempt routes
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import inspect
 import logging
@@ -171,6 +172,12 @@ def priced(
 _CACHE_SIZE = 4096  # paths whose price is remembered (per app)
 _CACHED_PATH = 512  # longest path remembered
 _MISS = object()
+
+
+def _nothing() -> None:
+    return None
+
+
 #: an attribute of the credit middleware's class: a mounted app that has it in its own
 #: middleware meters itself, and the middleware of the app it is mounted in leaves it alone
 METERS_ITSELF = "__credit_meters__"
@@ -239,6 +246,7 @@ class Pricing:
         )
         self._by_id: dict[int, tuple[weakref.ref[Any], dict[Any, Price | None]]] = {}
         self._cache: dict[Any, Price | None] = {}  # requests that name no app
+        self._last: tuple[Callable[[], Any], dict[Any, Price | None]] = (_nothing, {})
         for r in routes:
             self.add(r)
         patterns = [meter] if isinstance(meter, str) else list(meter)
@@ -259,6 +267,7 @@ class Pricing:
         self._cache.clear()
         self._apps.clear()
         self._by_id.clear()
+        self._last = (_nothing, {})
         if first:
             self._routes.insert(0, entry)
         else:
@@ -301,6 +310,15 @@ class Pricing:
         return price
 
     def _cache_of(self, app: Any) -> dict[Any, Price | None]:
+        last, cache = self._last
+        if last() is app:  # nearly always: one app per middleware
+            return cache
+        cache = self._find_cache(app)
+        with contextlib.suppress(TypeError):
+            self._last = (weakref.ref(app), cache)
+        return cache
+
+    def _find_cache(self, app: Any) -> dict[Any, Price | None]:
         try:
             cache = self._apps.get(app)
         except TypeError:  # unhashable (Starlette's Router): by id, while it lives
