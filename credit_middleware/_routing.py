@@ -2,8 +2,8 @@
 
 Pricing must follow the router, not re-derive it: the router matches the path *inside*
 ``root_path`` (``uvicorn --root-path``, ``FastAPI(root_path=...)``, a mount), descends into
-mounts and hosts, and (FastAPI 0.13x+) keeps included routers as objects of their own instead of
-flattening their routes into the app's. So every route is asked with its own ``matches()``, in
+mounts and hosts, and (current FastAPI) keeps included routers as objects of their own
+instead of flattening their routes into the app's. So every route is asked with its own ``matches()``, in
 the router's order (the first full match, else the first partial one, else the router's own
 trailing-slash redirect), and the endpoint it would call is read from the match.
 """
@@ -89,8 +89,9 @@ def served(app: Any, scope: Scope, *, opaque: Callable[[Any], bool]) -> Served |
 
 def candidates(routes: Iterable[Any]) -> Iterator[Any]:
     """The routes in the order the router tries them. FastAPI's included routers (objects of
-    their own since FastAPI 0.13x) are tried route by route, depth first: the same order and
-    the same first full (else first partial) match as their own dispatch."""
+    their own in current FastAPI; flattened into the app's routes in older releases) are tried
+    route by route, depth first: the same order and the same first full (else first partial)
+    match as their own dispatch."""
     for route in routes:
         contexts = getattr(route, "effective_route_contexts", None)
         if callable(contexts):
