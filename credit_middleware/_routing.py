@@ -3,9 +3,10 @@
 Pricing must follow the router, not re-derive it: the router matches the path *inside*
 ``root_path`` (``uvicorn --root-path``, ``FastAPI(root_path=...)``, a mount), descends into
 mounts and hosts, and (current FastAPI) keeps included routers as objects of their own
-instead of flattening their routes into the app's. So every route is asked with its own ``matches()``, in
-the router's order (the first full match, else the first partial one, else the router's own
-trailing-slash redirect), and the endpoint it would call is read from the match.
+instead of flattening their routes into the app's. So every route is asked with its own
+``matches()``, in the router's order (the first full match, else the first partial one, else
+the router's own trailing-slash redirect), and the endpoint it would call is read from the
+match.
 """
 
 from __future__ import annotations
