@@ -1,5 +1,6 @@
 """What a request costs: exempt, a fixed price, a computed price, held then captured, or billed
-by the handler itself. Patterns are compiled once; the first matching route wins.
+by the handler itself (the declarations are in :mod:`._declare`). Patterns are compiled once;
+the first matching route wins, after a price declared on the endpoint the router will call.
 
 ``Pricing(meter="/v1/*")`` meters only the paths it names (plus priced ``routes`` and routes
 decorated with :func:`priced`): every other path passes through, no credential needed, nothing
@@ -10,25 +11,34 @@ list (health, docs, metrics, signup and auth routes, webhooks) and exempt routes
 from __future__ import annotations
 
 import contextlib
-import fnmatch
-import inspect
-import logging
 import re
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from decimal import Decimal
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-from starlette.requests import HTTPConnection
 from starlette.types import Scope
 
+from ._declare import (
+    EXEMPT_ATTRIBUTE,
+    MODES,
+    PRICE_ATTRIBUTE,
+    Mode,
+    Price,
+    PricedRoute,
+    Route,
+    check,
+    compile_pattern,
+    micros_of,
+    priced,
+)
 from ._routing import UnknownRoute, route_path, served
 from .errors import ConfigurationError
-from .money import cost_to_micros
 
 __all__ = [
     "DEFAULT_EXEMPT",
+    "EXEMPT_ATTRIBUTE",
+    "PRICE_ATTRIBUTE",
     "Mode",
     "Price",
     "PricedRoute",
@@ -37,17 +47,6 @@ __all__ = [
     "UnpricedRoute",
     "priced",
 ]
-
-log = logging.getLogger("credit_middleware.pricing")
-
-#: ``fixed``/``computed``: debit before the handler; ``hold``: reserve ``cost`` before, capture
-#: what the handler reports in ``request.state.credit_cost`` after; ``handler``: identity and
-#: rate limit only, the handler bills itself; ``exempt``: the middleware does nothing.
-Mode = Literal["fixed", "hold", "handler", "exempt"]
-_MODES = ("fixed", "hold", "handler", "exempt")
-
-CostFn = Callable[[HTTPConnection], "Decimal | int | str | Awaitable[Decimal | int | str]"]
-F = TypeVar("F", bound=Callable[..., Any])
 
 #: Never metered unless a route says otherwise. ``Pricing(exempt=[...])`` adds to this list;
 #: ``Pricing(default_exempt=())`` drops it.
@@ -71,103 +70,6 @@ DEFAULT_EXEMPT: tuple[str, ...] = (
     "/.well-known/*",
     "/webhooks/*",
 )
-
-#: The attribute :func:`priced` sets on an endpoint, and an ASGI app sets to be exempt when
-#: mounted (the admin app does).
-PRICE_ATTRIBUTE = "__credit_price__"
-EXEMPT_ATTRIBUTE = "billing_exempt"
-
-
-@dataclass(frozen=True)
-class Route:
-    """A priced route. ``pattern``: a path with ``*`` wildcards, or a regex starting with ``^``.
-
-    ``cost`` is credits (Decimal/int/str) or a callable of the request returning them (sync or
-    async); ``None`` means the default cost. ``limits`` overrides the tier's rate limits here
-    (a ``limits`` string such as ``"10/minute"``).
-    """
-
-    pattern: str
-    cost: Decimal | int | str | CostFn | None = None
-    mode: Mode = "fixed"
-    methods: Sequence[str] | None = None
-    limits: str | None = None
-    name: str | None = None
-
-
-#: The name to export at package level, where ``Route`` would clash with Starlette's.
-PricedRoute = Route
-
-
-@dataclass(frozen=True, slots=True)
-class Price:
-    """The price decided for one request (``micros`` is None for a callable cost)."""
-
-    mode: Mode
-    micros: int
-    route: str
-    limits: str | None = None
-    cost_fn: CostFn | None = None
-
-    async def resolve(self, scope: Scope) -> int:
-        """The price in µc, calling the cost function if there is one (rounded up)."""
-        if self.cost_fn is None:
-            return self.micros
-        value = self.cost_fn(HTTPConnection(scope))
-        if inspect.isawaitable(value):
-            value = await value
-        return cost_to_micros(value)[0]
-
-
-def _compile(pattern: str) -> re.Pattern[str]:
-    if pattern.startswith("^"):
-        try:
-            return re.compile(pattern)
-        except re.error as exc:
-            raise ConfigurationError(f"route pattern {pattern!r} is not a regex: {exc}") from None
-    return re.compile(fnmatch.translate(pattern))
-
-
-def _micros(value: object, what: str) -> int:
-    try:
-        return cost_to_micros(value, field=what)[0]
-    except ValueError as exc:
-        raise ConfigurationError(str(exc)) from None
-
-
-def _check(route: Route) -> None:
-    if route.mode not in _MODES:
-        raise ConfigurationError(f"route {route.pattern!r}: mode must be one of {_MODES}")
-    if callable(route.cost) and route.mode not in ("fixed", "hold"):
-        raise ConfigurationError(f"route {route.pattern!r}: a cost callable needs mode fixed")
-    if route.cost is not None and not callable(route.cost):
-        _micros(route.cost, f"cost of {route.pattern!r}")
-
-
-def priced(
-    cost: Decimal | int | str | CostFn | None = None,
-    *,
-    mode: Mode = "fixed",
-    limits: str | None = None,
-    name: str | None = None,
-) -> Callable[[F], F]:
-    """Declare an endpoint's price next to it: ``@priced("0.01")`` (credits a call),
-    ``@priced(mode="hold", cost="0.05")``, ``@priced(mode="exempt")``.
-
-    The endpoint is returned unchanged (FastAPI's signature and dependencies are untouched);
-    the middleware finds the endpoint the router will call before the handler runs, and
-    prices the request by this declaration (wherever the route is: included routers, mounts).
-    Priced FastAPI routes get their 401/402/429/503 answers documented in OpenAPI.
-    """
-    declared = Route("", cost, mode, None, limits, name)
-    _check(declared)
-
-    def mark(endpoint: F) -> F:
-        setattr(endpoint, PRICE_ATTRIBUTE, declared)
-        return endpoint
-
-    return mark
-
 
 _CACHE_SIZE = 4096  # paths whose price is remembered (per app)
 _CACHED_PATH = 512  # longest path remembered
@@ -225,14 +127,14 @@ class Pricing:
         head_as_get: bool = True,
         websockets: Literal["connection", "exempt"] = "connection",
     ) -> None:
-        if default_mode is not None and default_mode not in _MODES:
-            raise ConfigurationError(f"default_mode must be one of {_MODES} or None")
+        if default_mode is not None and default_mode not in MODES:
+            raise ConfigurationError(f"default_mode must be one of {MODES} or None")
         if isinstance(exempt, str) or isinstance(default_exempt, str):
             raise ConfigurationError("exempt and default_exempt are lists of patterns")
         if websockets not in ("connection", "exempt"):
             raise ConfigurationError("websockets must be 'connection' or 'exempt'")
-        self.default_micros = _micros(default_cost, "default_cost")
-        self._exempt = [_compile(p) for p in (*default_exempt, *exempt)]
+        self.default_micros = micros_of(default_cost, "default_cost")
+        self._exempt = [compile_pattern(p) for p in (*default_exempt, *exempt)]
         self._default_mode = default_mode
         self._document = document
         self._head_as_get = head_as_get
@@ -250,20 +152,22 @@ class Pricing:
         for r in routes:
             self.add(r)
         patterns = [meter] if isinstance(meter, str) else list(meter)
-        self._metered = [(_compile(p), Price("fixed", self.default_micros, p)) for p in patterns]
+        self._metered = [
+            (compile_pattern(p), Price("fixed", self.default_micros, p)) for p in patterns
+        ]
 
     def add(self, route: Route, *, first: bool = False) -> None:
         """Price one more route (``first``: before those already listed)."""
-        _check(route)
+        check(route)
         fn = route.cost if callable(route.cost) else None
         micros = (
             self.default_micros
             if route.cost is None or fn is not None
-            else _micros(route.cost, f"cost of {route.pattern!r}")
+            else micros_of(route.cost, f"cost of {route.pattern!r}")
         )
         methods = frozenset(m.upper() for m in route.methods) if route.methods else None
         price = Price(route.mode, micros, route.name or route.pattern, route.limits, fn)
-        entry = (_compile(route.pattern), methods, price)
+        entry = (compile_pattern(route.pattern), methods, price)
         self._cache.clear()
         self._apps.clear()
         self._by_id.clear()
@@ -373,7 +277,7 @@ class Pricing:
                 fn = mark.cost if callable(mark.cost) else None
                 micros = self.default_micros
                 if mark.cost is not None and fn is None:
-                    micros = _micros(mark.cost, f"cost of {template or path}")
+                    micros = micros_of(mark.cost, f"cost of {template or path}")
                 return Price(mark.mode, micros, mark.name or template or path, mark.limits, fn)
         return self.price_of(path, method)
 
