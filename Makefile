@@ -63,11 +63,11 @@ chaos: $(STAMP)
 
 -include benchmarks/bench.mk
 
-# The conformance suite (and the placement, WebSocket and rate-limit tests) on the lowest
-# releases pyproject.toml claims: Starlette, FastAPI, limits and the drivers at their lower
-# bounds (.ci/lowest.py), everything else as constraints.txt pins it, in a venv of its own.
+# The conformance suite (and the routing, placement, WebSocket and rate-limit tests) on the
+# lowest releases pyproject.toml claims: Starlette, FastAPI, limits and the drivers at their
+# lower bounds (.ci/lowest.py), the rest as constraints.txt pins it, in a venv of its own.
 LOWEST_VENV := .venv-lowest
-LOWEST_TESTS := tests/conformance tests/test_placement.py tests/test_websocket.py \
+LOWEST_TESTS := tests/conformance tests/test_routing.py tests/test_placement.py tests/test_websocket.py \
 	tests/test_ratelimit.py tests/test_ratelimit_memory.py
 
 $(LOWEST_VENV)/.installed: pyproject.toml constraints.txt .ci/lowest.py
