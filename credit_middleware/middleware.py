@@ -113,6 +113,9 @@ class CreditMiddleware:
         # in ``after``) even when the one line added us outside them: see _placement.
         self.app = app
         self._entry: ASGIApp = self._meter
+        after = tuple(after)
+        if not all(isinstance(kind, type) for kind in after):
+            raise ConfigurationError("after= names middleware classes (e.g. [MyAuthMiddleware])")
         host = innermost(app, (*RUNS_AFTER, *after))
         if host is not None:
             self._entry = app

@@ -151,3 +151,10 @@ async def test_a_preflight_without_cors_middleware_is_neither_billed_nor_refused
     assert "credit-charge-id" not in preflight.headers
     assert "credit-charge-id" in plain_options.headers  # not a preflight: metered (and refunded)
     assert await balance(ledger, "pre") == Decimal("5.0")
+
+
+def test_after_names_classes() -> None:
+    from credit_middleware import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="after="):
+        CreditMiddleware(Starlette(), jwt_secret=SECRET, after=[HeaderUser(Starlette())])  # type: ignore[list-item]
