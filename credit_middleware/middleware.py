@@ -98,6 +98,9 @@ class CreditMiddleware:
             app = options.pop("app", None)
             if app is None:
                 raise ConfigurationError("CreditMiddleware wraps an ASGI app: give it first")
+        after = tuple(after)
+        if not all(isinstance(kind, type) for kind in after):
+            raise ConfigurationError("after= names middleware classes (e.g. [MyAuthMiddleware])")
         self._owns_credits = credits is None
         if credits is None:
             try:
@@ -113,9 +116,6 @@ class CreditMiddleware:
         # in ``after``) even when the one line added us outside them: see _placement.
         self.app = app
         self._entry: ASGIApp = self._meter
-        after = tuple(after)
-        if not all(isinstance(kind, type) for kind in after):
-            raise ConfigurationError("after= names middleware classes (e.g. [MyAuthMiddleware])")
         host = innermost(app, (*RUNS_AFTER, *after))
         if host is not None:
             self._entry = app
