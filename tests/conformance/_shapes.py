@@ -4,7 +4,8 @@ its kind of user builds it, with the credit middleware added by the README's one
 To add a shape, append one :class:`Shape` to :data:`SHAPES`. Its ``build(credits)`` returns the
 app with ``credits`` in place of its own configuration. The contract needs of it:
 
-- ``priced``: a GET the app serves with 200 at exactly ``price`` credits;
+- ``priced``: a GET the app serves with 200 at exactly ``price`` credits (the contract gives
+  each account a trial of two such calls, then expects a 402);
 - ``unserved``: a metered GET the app answers with a 4xx (it must not be billed);
 - ``login(client, account)``: the request headers of that account's logged-in user (by
   default a bearer JWT signed with :data:`SECRET`; an app with its own login may call it);
