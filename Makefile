@@ -62,3 +62,22 @@ chaos: $(STAMP)
 	timeout --kill-after=30 $(CHAOS_TIMEOUT) $(PY) -m chaos
 
 -include benchmarks/bench.mk
+
+# The conformance suite (and the routing, placement, WebSocket and rate-limit tests) on the
+# lowest releases pyproject.toml claims: Starlette, FastAPI, limits and the drivers at their
+# lower bounds (.ci/lowest.py), the rest as constraints.txt pins it, in a venv of its own.
+LOWEST_VENV := .venv-lowest
+LOWEST_TESTS := tests/conformance tests/test_routing.py tests/test_placement.py tests/test_websocket.py \
+	tests/test_ratelimit.py tests/test_ratelimit_memory.py
+
+$(LOWEST_VENV)/.installed: pyproject.toml constraints.txt .ci/lowest.py
+	rm -rf $(LOWEST_VENV)
+	$(PYTHON) -m venv $(LOWEST_VENV)
+	$(PYTHON) .ci/lowest.py > $(LOWEST_VENV)/constraints.txt
+	$(LOWEST_VENV)/bin/pip install --quiet -c $(LOWEST_VENV)/constraints.txt \
+	  -e '.[postgres,redis,jwt,prometheus]' fastapi pytest anyio httpx uvicorn websockets hypothesis
+	touch $@
+
+.PHONY: test-lowest
+test-lowest: $(LOWEST_VENV)/.installed services
+	timeout --kill-after=30 600 $(LOWEST_VENV)/bin/python -m pytest -q -p no:cacheprovider $(LOWEST_TESTS)

@@ -1,80 +1,69 @@
-"""Reading an app's routes for :class:`~credit_middleware.pricing.Pricing`: prices declared with
-``@priced``, mounts of apps marked exempt, and FastAPI routes whose refusals to document.
+"""Documenting the middleware's refusals on an app's FastAPI routes (OpenAPI ``responses``).
 
-Only route objects are read (Starlette's ``Route``/``Mount``, FastAPI's ``APIRoute``); nothing
-is imported from FastAPI, so a Starlette app never pays for it.
+Route objects are only read (Starlette's ``Route``/``Mount``, FastAPI's ``APIRoute`` and the
+route contexts of its included routers); nothing is imported from FastAPI, so a Starlette app
+never pays for it. Prices are decided per request by :mod:`._routing`, not here.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from starlette.routing import Host, Mount
+
+from ._routing import candidates, routing_target, structural
 from .problems import openapi_responses
 
 if TYPE_CHECKING:
-    from .pricing import Pricing, Route
+    from .pricing import Pricing
 
-__all__ = ["document", "walk"]
+__all__ = ["api_routes", "document"]
 
-Declared = tuple[str, "tuple[str, ...] | None", "Route"]
-ApiRoute = tuple[str, "tuple[str, ...]", Any, "Route | None"]
+#: (path template, methods, the route object whose ``responses`` OpenAPI reads)
+ApiRoute = tuple[str, "tuple[str, ...]", Any]
 _MAX_DEPTH = 8
 
 
-def walk(app: Any) -> tuple[list[Declared], list[str], list[ApiRoute]]:
-    """``(declared, exempt_mounts, api_routes)`` of an app: path regexes with the methods and
-    the declared route, mount patterns to exempt, FastAPI routes with their template paths."""
-    from .pricing import EXEMPT_ATTRIBUTE, PRICE_ATTRIBUTE
+def api_routes(app: Any, opaque: Callable[[Any], bool]) -> Iterator[ApiRoute]:
+    """Every FastAPI route of ``app`` (included routers and mounted apps too, but not mounts
+    that are ``opaque``), with its path template as seen from ``app``."""
 
-    declared: list[Declared] = []
-    mounts: list[str] = []
-    api: list[ApiRoute] = []
-
-    def visit(routes: Iterable[Any], prefix: str, depth: int) -> None:
-        for route in routes:
-            path = getattr(route, "path", None)
-            if not isinstance(path, str) or "{" in prefix:
+    def visit(routes: Iterable[Any], prefix: str, depth: int) -> Iterator[ApiRoute]:
+        for route in candidates(routes):
+            inner = structural(route)
+            if isinstance(inner, (Mount, Host)):
+                target = routing_target(getattr(inner, "app", None))
+                if target is None or depth >= _MAX_DEPTH or opaque(inner.app):
+                    continue
+                yield from visit(target.routes, prefix + str(getattr(inner, "path", "")), depth + 1)
                 continue
-            sub = getattr(route, "app", None)
-            if hasattr(route, "routes") and not hasattr(route, "endpoint"):  # a Mount
-                if getattr(sub, EXEMPT_ATTRIBUTE, False) is True:
-                    mounts.append("^" + re.escape(prefix + path) + "(/.*)?$")
-                elif depth < _MAX_DEPTH and "{" not in path:
-                    visit(getattr(route, "routes", None) or (), prefix + path, depth + 1)
-                continue
-            endpoint = getattr(route, "endpoint", None)
-            regex = getattr(route, "path_regex", None)
-            if endpoint is None or not isinstance(regex, re.Pattern):
-                continue
-            methods = getattr(route, "methods", None)
-            verbs = tuple(sorted(methods)) if methods else None
-            mark = getattr(endpoint, PRICE_ATTRIBUTE, None)
-            if mark is not None:
-                pattern = "^" + re.escape(prefix) + regex.pattern.removeprefix("^")
-                declared.append((pattern, verbs, mark))
             if isinstance(getattr(route, "responses", None), dict):
-                api.append((prefix + path, verbs or ("GET",), route, mark))
+                methods = getattr(route, "methods", None)
+                path = str(getattr(route, "path_format", None) or getattr(route, "path", ""))
+                yield prefix + path, tuple(sorted(methods)) if methods else ("GET",), route
 
-    visit(getattr(app, "routes", None) or (), "", 0)
-    return declared, mounts, api
+    router = getattr(app, "router", app)
+    return visit(getattr(router, "routes", None) or (), "", 0)
 
 
-def document(app: Any, api_routes: list[ApiRoute], pricing: Pricing) -> None:
+def document(app: Any, pricing: Pricing) -> None:
     """Add the middleware's refusals (401, 402, 429, 503 as problem+json) to the OpenAPI
-    responses of every FastAPI route that is priced; a route's own entries are kept."""
+    responses of every FastAPI route of ``app`` that is priced; a route's own entries are
+    kept. A route of an included router is documented both where FastAPI reads it now (its
+    route context) and on the router's own route (what a later rebuild copies)."""
     changed = False
-    for path, methods, route, mark in api_routes:
-        if mark is not None:
-            metered = mark.mode != "exempt"
-        else:
-            metered = any(pricing.price_of(path, m) is not None for m in methods)
-        if not metered:
+    for path, methods, route in api_routes(app, pricing.opaque):
+        if not any(pricing.endpoint_price(route.endpoint, path, m) is not None for m in methods):
             continue
-        for status, entry in openapi_responses().items():
-            if status not in route.responses and str(status) not in route.responses:
-                route.responses[status] = entry
-                changed = True
+        targets = [route.responses]
+        original = getattr(getattr(route, "original_route", None), "responses", None)
+        if isinstance(original, dict) and original is not route.responses:
+            targets.append(original)
+        for responses in targets:
+            for status, entry in openapi_responses().items():
+                if status not in responses and str(status) not in responses:
+                    responses[status] = entry
+                    changed = True
     if changed and getattr(app, "openapi_schema", None) is not None:
         app.openapi_schema = None  # generated before we looked: build it again

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -165,14 +166,30 @@ class TrustedProxies:
 
 
 class ScopeUserResolver:
-    """The user Starlette's ``AuthenticationMiddleware`` put in ``scope["user"]``."""
+    """The user Starlette's ``AuthenticationMiddleware`` put in ``scope["user"]``: its
+    ``identity``, or its ``display_name`` when its class leaves ``identity`` unimplemented
+    (Starlette's ``BaseUser`` raises ``NotImplementedError`` for both)."""
 
     async def resolve(self, scope: Scope) -> Identity | None:
         user = scope.get("user")
-        if user is None or not getattr(user, "is_authenticated", False):
+        if user is None or not _user_attribute(user, "is_authenticated"):
             return None
-        account_id = getattr(user, "identity", None) or getattr(user, "display_name", None)
-        return _make_identity(account_id, source="scope_user")
+        for name in ("identity", "display_name"):
+            account_id = _user_attribute(user, name)
+            if isinstance(account_id, (int, uuid.UUID)) and not isinstance(account_id, bool):
+                account_id = str(account_id)
+            if account_id:
+                return _make_identity(account_id, source="scope_user")
+        raise InvalidCredentials(
+            f"request.user ({type(user).__name__}) has neither an identity nor a display_name"
+        )
+
+
+def _user_attribute(user: object, name: str) -> Any:
+    try:
+        return getattr(user, name, None)
+    except NotImplementedError:
+        return None
 
 
 class HeaderResolver:

@@ -13,7 +13,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from typing import Any, Literal, TypeVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -23,6 +23,10 @@ from ._aio import bounded
 from ._bill import CHARGE_ID_HEADER, _Bill
 from ._idempotency import client_key, read_request
 from ._outcome import Outcomes
+from ._placement import RUNS_AFTER, innermost, place_inside
+from ._routing import routing_target
+from ._websocket import answer
+from ._websocket import serve as serve_websocket
 from .credits import Credits
 from .errors import (
     AccountNotFound,
@@ -39,7 +43,7 @@ from .identity import (
 )
 from .ledger import ChargeSpec, Receipt, RequestStart
 from .money import from_micros
-from .pricing import Price
+from .pricing import Price, UnpricedRoute
 from .problems import (
     ProblemResponse,
     Refused,
@@ -65,15 +69,38 @@ FINAL_COST_STATE = _bill.FINAL_COST_STATE
 
 
 class CreditMiddleware:
-    """Identity, lazy provisioning, rate limits and metering for every priced HTTP request.
+    """Identity, lazy provisioning, rate limits and metering for every priced HTTP request and
+    WebSocket connection.
 
     ``app.add_middleware(CreditMiddleware, credits=credits)`` with a shared
     :class:`~credit_middleware.Credits`; or its options directly (``meter="/v1/*"``,
     ``jwt_secret=...``, ``database_url=...``, ...), a shorthand that builds one for this
     middleware alone. Either way the app's lifespan starts and closes it.
+
+    It may be added anywhere in the stack: its work runs inside the app's ``CORSMiddleware``
+    and ``AuthenticationMiddleware`` (and inside the middleware classes named in ``after``,
+    e.g. an authentication middleware of your own that sets ``request.user``).
     """
 
-    def __init__(self, app: ASGIApp, /, *, credits: Credits | None = None, **options: Any) -> None:
+    #: a mounted app with this middleware of its own meters itself (see Pricing.opaque)
+    __credit_meters__ = True
+
+    def __init__(
+        self,
+        app: ASGIApp | None = None,
+        /,
+        *,
+        credits: Credits | None = None,
+        after: Iterable[type] = (),
+        **options: Any,
+    ) -> None:
+        if app is None:  # Starlette < 0.38 builds the stack with app= by keyword
+            app = options.pop("app", None)
+            if app is None:
+                raise ConfigurationError("CreditMiddleware wraps an ASGI app: give it first")
+        after = tuple(after)
+        if not all(isinstance(kind, type) for kind in after):
+            raise ConfigurationError("after= names middleware classes (e.g. [MyAuthMiddleware])")
         self._owns_credits = credits is None
         if credits is None:
             try:
@@ -85,7 +112,17 @@ class CreditMiddleware:
             raise ConfigurationError(
                 f"credits= is already configured: give {sorted(options)} to Credits(...)"
             )
+        # Our work comes after the app's CORS and authentication middleware (and those named
+        # in ``after``) even when the one line added us outside them: see _placement.
         self.app = app
+        self._entry: ASGIApp = self._meter
+        host = innermost(app, (*RUNS_AFTER, *after))
+        if host is not None:
+            self._entry = app
+            self.app = place_inside(host, self._meter).app
+        # whose routes serve what we admit: the router of the app we were added to, or the app
+        # we wrap directly (a middleware mounted as it is: CreditMiddleware(api))
+        self._routes = routing_target(self.app, depth=64)
         self.credits = credits
         self.observer = credits.observer
         self.redis = credits.redis
@@ -134,9 +171,26 @@ class CreditMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self.app(scope, self._on_startup(receive), self._on_shutdown(send))
+            await self._entry(scope, self._on_startup(receive), self._on_shutdown(send))
             return
-        price = self.pricing.price(scope) if scope["type"] == "http" else None
+        await self._entry(scope, receive, send)
+
+    async def _meter(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The middleware's work on one request (here, or inside the CORS/authentication
+        middleware it was added outside of)."""
+        kind = scope["type"]
+        if kind not in ("http", "websocket") or _preflight(scope):
+            await self.app(scope, receive, send)  # a CORS preflight is never billed or refused
+            return
+        try:
+            price = self.pricing.price(scope, self._routing_app(scope))
+            if price is not None and kind == "websocket" and price.mode == "hold":
+                raise UnpricedRoute(price.route, "a hold can't meter a WebSocket connection")
+        except UnpricedRoute as exc:
+            log.error("%s: refused (price it, or exempt it)", exc)
+            self.observer.refused(500, "unpriced_route")
+            await answer(problem("unpriced-route", str(exc), route=exc.route), scope, receive, send)
+            return
         if price is None:
             await self.app(scope, receive, send)
             return
@@ -148,18 +202,28 @@ class CreditMiddleware:
             self.observer.refused(refused.response.status_code, refused.reason)
             if refused.charged_id:
                 refused.response.headers[CHARGE_ID_HEADER] = charge_id
-            await refused.response(scope, receive, send)
+            await answer(refused.response, scope, receive, send)
             return
         except Exception:  # our own bug must not become the app's 500
             log.exception("credit middleware failed before the app")
             self.observer.refused(503, "internal")
-            await problem("ledger-unavailable", "billing failed", headers=retry_after(1))(
-                scope, receive, send
-            )
+            down = problem("ledger-unavailable", "billing failed", headers=retry_after(1))
+            await answer(down, scope, receive, send)
             return
         overhead = time.perf_counter() - started
-        await bill.run(self, scope, receive, send)
+        if kind == "websocket":
+            await serve_websocket(self, bill, scope, receive, send)
+        else:
+            await bill.run(self, scope, receive, send)
         self.observer.request_overhead(overhead + bill.post_seconds)
+
+    def _routing_app(self, scope: Scope) -> Any:
+        """The app whose routes serve this request: the app Starlette names in the scope when
+        we are in its stack (it is the one to document), else the one we wrap."""
+        app = scope.get("app")
+        if self._routes is None or getattr(app, "router", None) is self._routes:
+            return app
+        return self._routes
 
     def _on_startup(self, receive: Receive) -> Receive:
         async def wrapped() -> Message:
@@ -204,7 +268,7 @@ class CreditMiddleware:
         if identity is None:
             raise Refused(problem("unauthenticated", "no credentials"), "unauthenticated")
         identity = identity.seen_from(self.proxies.client_ip(scope))
-        key = client_key(scope)
+        key = client_key(scope) if scope["type"] == "http" else None  # no replays of a socket
         aid = identity.account_id
         bill = _Bill(identity, price, charge_id, scope.get("path", ""))
         try:
@@ -402,3 +466,11 @@ class CreditMiddleware:
 
 def _same(receipt: Receipt) -> Receipt:
     return receipt
+
+
+def _preflight(scope: Scope) -> bool:
+    """A CORS preflight: ``OPTIONS`` with ``Origin`` and ``Access-Control-Request-Method``."""
+    if scope["type"] != "http" or scope.get("method") != "OPTIONS":
+        return False
+    names = {name for name, _ in scope.get("headers", ())}
+    return b"origin" in names and b"access-control-request-method" in names

@@ -44,6 +44,7 @@ PROBLEM_TYPES: Mapping[str, tuple[int, str]] = {
     "rate-limited": (429, "Rate limit exceeded"),
     "ledger-unavailable": (503, "Billing temporarily unavailable"),
     "rate-limiter-unavailable": (503, "Rate limiting temporarily unavailable"),
+    "unpriced-route": (500, "This route cannot be priced"),
 }
 
 

@@ -1,10 +1,16 @@
-"""The same API as ``examples/app.py``, on FastAPI: ``uvicorn examples.fastapi_app:app``."""
+"""The same API as ``examples/app.py``, on FastAPI, shaped as FastAPI apps grow: its metered
+routes in an ``APIRouter``, CORS for a browser frontend on another origin (``CORS_ORIGINS``,
+comma-separated), and the credit middleware's one line added last, outside CORS (its work still
+runs inside it). Run it: ``uvicorn examples.fastapi_app:app`` (behind a proxy at ``/api``:
+``uvicorn --root-path /api examples.fastapi_app:app``, nothing else changes)."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 
 from credit_middleware import CreditMiddleware
@@ -17,12 +23,13 @@ def create_app(**overrides: Any) -> FastAPI:
     services = Services(settings)
     app = FastAPI(lifespan=services.credits.lifespan)
     app.state.services = services
+    v1 = APIRouter(prefix="/v1", tags=["v1"])
 
     @app.post("/auth/register", status_code=201)
     async def register(request: Request) -> JSONResponse:
         return await services.register(request)
 
-    @app.get("/v1/echo")
+    @v1.get("/echo")
     async def echo(request: Request, msg: str = "") -> dict[str, str]:
         return {"msg": msg, "balance": str(request.state.credit_balance)}
 
@@ -34,7 +41,13 @@ def create_app(**overrides: Any) -> FastAPI:
     async def healthz() -> dict[str, bool]:
         return {"ok": True}
 
-    app.add_middleware(CreditMiddleware, credits=services.credits)
+    app.include_router(v1)
+    origins = [o.strip() for o in os.environ.get("CORS_ORIGINS", "").split(",") if o.strip()]
+    if origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=origins, allow_headers=["Authorization", "Content-Type"]
+        )
+    app.add_middleware(CreditMiddleware, credits=services.credits)  # the one line, added last
     return app
 
 

@@ -129,10 +129,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(app: Any) -> Iterator[str]:
-    """Run ``app`` on uvicorn in a thread on a free port; yields the base URL."""
+def serve(app: Any, **options: Any) -> Iterator[str]:
+    """Run ``app`` on uvicorn in a thread on a free port; yields the base URL. ``options``
+    go to ``uvicorn.Config`` (``root_path="/api"`` as ``uvicorn --root-path /api``)."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    options.setdefault("lifespan", "on")
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **options)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

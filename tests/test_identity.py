@@ -10,16 +10,17 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import jwt
 import pytest
-from _middleware_helpers import SECRET, token
+from _middleware_helpers import SECRET, balance, client, echo, token
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from credit_middleware import BackendUnavailable, ConfigurationError
+from credit_middleware import BackendUnavailable, ConfigurationError, Ledger
 from credit_middleware.identity import (
     ChainResolver,
     HeaderResolver,
@@ -250,3 +251,46 @@ async def test_the_cache_never_accepts_a_tampered_token_and_stays_bounded() -> N
     for name in ("f", "g", "h"):
         await resolver.decode(token(name))
     assert len(resolver._verified) == 2
+
+
+async def test_a_request_user_without_identity_is_found_by_its_display_name(
+    ledger: Ledger,
+) -> None:
+    """A user class that implements only ``display_name`` (as Starlette's own ``SimpleUser``
+    did before 0.38, and many apps' classes do) is an identity, not a 503 blaming the ledger;
+    one with neither is refused as a credential (401), never a 5xx."""
+    from starlette.applications import Starlette
+    from starlette.authentication import AuthCredentials, AuthenticationBackend, BaseUser
+    from starlette.middleware.authentication import AuthenticationMiddleware
+    from starlette.requests import HTTPConnection
+    from starlette.routing import Route
+
+    from credit_middleware import CreditMiddleware, Provisioner
+
+    class NamedUser(BaseUser):  # identity left to BaseUser: NotImplementedError
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        @property
+        def is_authenticated(self) -> bool:
+            return True
+
+        @property
+        def display_name(self) -> str:
+            return self.name
+
+    class Session(AuthenticationBackend):
+        async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser]:
+            return AuthCredentials(["authenticated"]), NamedUser(conn.headers.get("x-user", ""))
+
+    app = Starlette(routes=[Route("/v1/echo", echo)])
+    app.add_middleware(CreditMiddleware, provisioner=Provisioner(ledger), meter="/v1/*")
+    app.add_middleware(AuthenticationMiddleware, backend=Session())
+    async with client(app) as c:
+        r = await c.get("/v1/echo", headers={"X-User": "named"})
+        assert r.status_code == 200, r.text
+        assert r.json()["account"] == "named"
+        nameless = await c.get("/v1/echo")
+        assert nameless.status_code == 401
+        assert nameless.json()["type"].endswith(":invalid-credentials")
+    assert await balance(ledger, "named") == Decimal("4.999")

@@ -204,8 +204,11 @@ async def test_starlette_authentication_middleware_user(ledger: Ledger) -> None:
     assert await balance(ledger, "cookie-user") == Decimal("4.999")
 
 
-async def test_websocket_and_lifespan_pass_through(ledger: Ledger) -> None:
+async def test_lifespan_passes_through_and_a_websocket_without_credential_is_refused(
+    ledger: Ledger,
+) -> None:
     seen: list[str] = []
+    sent: list[Any] = []
 
     async def inner(scope: Any, receive: Any, send: Any) -> None:
         seen.append(scope["type"])
@@ -218,11 +221,12 @@ async def test_websocket_and_lifespan_pass_through(ledger: Ledger) -> None:
         return {}
 
     async def send(message: Any) -> None:
-        pass
+        sent.append(message)
 
     await mw({"type": "websocket", "path": "/v1/echo", "headers": []}, receive, send)
     await mw({"type": "lifespan"}, receive, send)
-    assert seen == ["websocket", "lifespan"]
+    assert seen == ["lifespan"]  # the socket never reached the app
+    assert sent == [{"type": "websocket.close", "code": 1008, "reason": "401"}]
 
 
 @asynccontextmanager

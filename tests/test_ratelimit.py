@@ -159,3 +159,24 @@ async def test_a_remembered_refusal_counts_down_and_ends() -> None:
     await asyncio.sleep(1.05)  # the second-long window has passed: counted again, allowed
     ok = await limiter.hit("a", "trial")
     assert ok.allowed and ok.states[1].remaining == 50 - 3  # the refused call spent nothing
+
+
+async def test_what_spends_a_slot(ledger: Any) -> None:
+    """The README's rule: whatever reaches the ledger spends a slot (served calls, 402s,
+    replays); a 401 and the 429 itself spend none."""
+    from _middleware_helpers import bearer, build_app, client
+
+    from credit_middleware import Provisioner
+
+    app = build_app(provisioner=Provisioner(ledger), tiers={"trial": "3/minute"}, cost="3")
+    keyed = {**bearer("slots"), "Idempotency-Key": "k-1"}
+    async with client(app) as c:
+        for _ in range(5):
+            assert (await c.get("/v1/echo")).status_code == 401  # no identity: nothing to count
+        served = await c.get("/v1/echo", headers=keyed)
+        replayed = await c.get("/v1/echo", headers=keyed)
+        poor = await c.get("/v1/echo", headers=bearer("slots"))
+        limited = await c.get("/v1/echo", headers=bearer("slots"))
+    assert served.status_code == 200 and replayed.headers["idempotent-replayed"] == "true"
+    assert poor.status_code == 402  # a ledger round trip: it spent the third slot
+    assert limited.status_code == 429

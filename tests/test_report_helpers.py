@@ -130,7 +130,8 @@ def build_app(ledger: Ledger, observer: PrometheusObserver) -> Starlette:
         provisioner=provisioner,
         resolver=UserHeader(),
         pricing=Pricing(
-            routes=[Priced("/api/limited", cost="0.5", limits="1/minute")],
+            # the paths of the app it wraps (inside the mount's root_path)
+            routes=[Priced("/limited", cost="0.5", limits="1/minute")],
             default_cost=Decimal("0.25"),
         ),
         observer=observer,
