@@ -75,7 +75,8 @@ $(LOWEST_VENV)/.installed: pyproject.toml constraints.txt .ci/lowest.py
 	$(PYTHON) -m venv $(LOWEST_VENV)
 	$(PYTHON) .ci/lowest.py > $(LOWEST_VENV)/constraints.txt
 	$(LOWEST_VENV)/bin/pip install --quiet -c $(LOWEST_VENV)/constraints.txt \
-	  -e '.[postgres,redis,jwt,prometheus]' fastapi pytest anyio httpx uvicorn websockets hypothesis
+	  -e '.[postgres,redis,jwt,prometheus]' fastapi pytest anyio httpx uvicorn websockets hypothesis \
+	  sqlmodel 'pwdlib[argon2]' email-validator 'python-multipart<0.0.13'
 	touch $@
 
 .PHONY: test-lowest

@@ -9,14 +9,21 @@ from __future__ import annotations
 
 import re
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTRAS = ("postgres", "redis", "jwt", "prometheus")  # what the suite runs on
 DEV = ("fastapi",)  # the framework it supports besides Starlette
 #: pins the lowest releases cannot take (their own upper bounds); left to pip
-FREE = ("packaging", "deprecated", "typing-extensions", "importlib-resources")
+FREE = (
+    "packaging",
+    "deprecated",
+    "typing-extensions",
+    "importlib-resources",
+    "python-multipart",  # FastAPI 0.110 imports it as `multipart`, which newer releases deprecate
+)
 
 
 def _name(requirement: str) -> str:

@@ -216,6 +216,16 @@ def _runner(target: Any, options: dict[str, Any]) -> SignupProvisioning:
 Target = Provisioner | SignupProvisioning
 
 
+def _signature(handler: Callable[..., Any]) -> inspect.Signature:
+    """The handler's signature with its annotations evaluated where the handler lives: under
+    ``from __future__ import annotations`` they are strings, which a framework resolving them
+    in the wrapper's module (FastAPI before 0.11x does) could not find."""
+    try:
+        return inspect.signature(handler, eval_str=True)
+    except Exception:  # a name defined later in its module: left for the framework to resolve
+        return inspect.signature(handler)
+
+
 def provision_credits(
     target: Credits | Target | Callable[[Any], Credits | Target],
     *,
@@ -257,7 +267,7 @@ def provision_credits(
         if not callable(handler):
             raise ConfigurationError("@provision_credits decorates a handler (a function)")
         call = handler if inspect.iscoroutinefunction(handler) else _in_thread(handler)
-        sig = inspect.signature(handler)
+        sig = _signature(handler)
         request_name = next(
             (n for n, p in sig.parameters.items() if _is_request(p.annotation)), None
         )
@@ -295,7 +305,8 @@ def provision_credits(
                 len(params),
             )
             params.insert(at, extra)
-            wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+            sig = sig.replace(parameters=params)
+        wrapper.__signature__ = sig  # type: ignore[attr-defined]
         if runner is not None:
             wrapper.credit_provisioning = runner  # type: ignore[attr-defined]
         wrapper.credit_runners = lambda: [r for _, r in runners.values()]  # type: ignore[attr-defined]

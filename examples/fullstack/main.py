@@ -29,19 +29,25 @@ def custom_generate_unique_id(route: APIRoute) -> str:
 
 
 def create_app(
-    settings: Settings | None = None, *, environ: Mapping[str, str] | None = None
+    settings: Settings | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    credits: Credits | None = None,
 ) -> FastAPI:
     """The app on ``settings`` (default: from ``environ``, the process environment by
-    default); the ``CREDIT_*`` variables of ``environ`` configure the credits."""
+    default); the ``CREDIT_*`` variables of ``environ`` configure the credits, unless a test
+    hands in a ``credits`` of its own (it must check the app's tokens: its ``jwt_secret`` is
+    the app's ``secret_key``)."""
     env = os.environ if environ is None else environ
     settings = settings or Settings.from_env(env)
-    ledger = env.get("CREDIT_DATABASE_URL") or settings.ledger_url  # credits
-    credits = Credits.from_env(  # credits
-        env,  # credits
-        database_url=ledger,  # credits
-        meter=f"{settings.api_v1_str}/items*",  # credits
-        jwt_secret=settings.secret_key,  # credits: the app's own tokens
-    )  # credits
+    if credits is None:
+        ledger = env.get("CREDIT_DATABASE_URL") or settings.ledger_url  # credits
+        credits = Credits.from_env(  # credits
+            env,  # credits
+            database_url=ledger,  # credits
+            meter=f"{settings.api_v1_str}/items*",  # credits
+            jwt_secret=settings.secret_key,  # credits: the app's own tokens
+        )  # credits
 
     engine = make_engine(settings.database_url)
 

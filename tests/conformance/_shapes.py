@@ -7,8 +7,10 @@ app with ``credits`` in place of its own configuration. The contract needs of it
 - ``priced``: a GET the app serves with 200 at exactly ``price`` credits (the contract gives
   each account a trial of two such calls, then expects a 402);
 - ``unserved``: a metered GET the app answers with a 4xx (it must not be billed);
-- ``login(client, account)``: the request headers of that account's logged-in user (by
-  default a bearer JWT signed with :data:`SECRET`; an app with its own login may call it);
+- ``login(client, name)``: the account id and request headers of a logged-in user called
+  ``name`` (by default a bearer JWT for the account ``name`` signed with :data:`SECRET`; an
+  app with its own login signs up and logs in through it, and its account is whatever id the
+  app's tokens carry);
 - ``meter``: what ``Credits(meter=...)`` meters for it (default ``/v1/*``);
 - ``root_path``: a ``--root-path`` the server adds (the requests' paths are below it);
 - ``cors_origin``: an origin the app's CORS middleware allows, if it has one;
@@ -18,6 +20,9 @@ app with ``credits`` in place of its own configuration. The contract needs of it
 
 from __future__ import annotations
 
+import base64
+import json
+import secrets
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -45,15 +50,15 @@ __all__ = ["ORIGIN", "SECRET", "SHAPES", "Shape"]
 
 ORIGIN = "https://frontend.example.com"
 PRICE = "0.25"
-Login = Callable[[httpx.AsyncClient, str], Awaitable[dict[str, str]]]
+Login = Callable[[httpx.AsyncClient, str], Awaitable[tuple[str, dict[str, str]]]]
 
 
-async def bearer_login(client: httpx.AsyncClient, account: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token(account, secret=SECRET)}"}
+async def bearer_login(client: httpx.AsyncClient, name: str) -> tuple[str, dict[str, str]]:
+    return name, {"Authorization": f"Bearer {token(name, secret=SECRET)}"}
 
 
-async def session_login(client: httpx.AsyncClient, account: str) -> dict[str, str]:
-    return {"X-Session": account}  # read by the app's AuthenticationMiddleware backend
+async def session_login(client: httpx.AsyncClient, name: str) -> tuple[str, dict[str, str]]:
+    return name, {"X-Session": name}  # read by the app's AuthenticationMiddleware backend
 
 
 @dataclass(frozen=True)
@@ -210,6 +215,45 @@ def sync_endpoints(credits: Credits) -> Any:
     return adopt(Starlette(routes=[Route("/v1/priced", paid_sync)]), credits)
 
 
+def fullstack(credits: Credits) -> Any:
+    """examples/fullstack: a backend shaped like FastAPI's full-stack template (SQLModel,
+    its own login and signup, routers under ``/api/v1``, CORS), on a SQLite file of its own."""
+    from sqlmodel import SQLModel
+
+    from examples.fullstack.core.config import Settings
+    from examples.fullstack.main import create_app
+
+    # one in-memory database shared by the pool's connections (its sync routes run in threads)
+    name = f"fullstack-{secrets.token_hex(4)}"
+    settings = Settings(
+        database_url=f"sqlite:///file:{name}?mode=memory&cache=shared&uri=true",
+        secret_key=SECRET,
+        cors_origins=(ORIGIN,),
+    )
+    app = create_app(settings, environ={}, credits=credits)
+    SQLModel.metadata.create_all(app.state.engine)  # what its Alembic migration makes
+    return app
+
+
+async def fullstack_login(client: httpx.AsyncClient, name: str) -> tuple[str, dict[str, str]]:
+    """Sign up (which provisions the trial) and log in through the app's own routes."""
+    email, password = f"{name}@example.com", "correct horse battery staple"
+    r = await client.post("/api/v1/users/signup", json={"email": email, "password": password})
+    assert r.status_code == 200, r.text
+    r = await client.post(
+        "/api/v1/login/access-token", data={"username": email, "password": password}
+    )
+    assert r.status_code == 200, r.text
+    access = str(r.json()["access_token"])
+    return _sub(access), {"Authorization": f"Bearer {access}"}
+
+
+def _sub(jwt: str) -> str:
+    """The account a token names: its ``sub`` (read, not verified: the app just signed it)."""
+    payload = jwt.split(".")[1]
+    return str(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["sub"])
+
+
 SHAPES: list[Shape] = [
     Shape("starlette", starlette_app, websocket="/v1/ws", stream="/v1/stream"),
     Shape("fastapi-nested-routers", fastapi_routers, priced="/v1/items/7", unserved="/v1/items/x"),
@@ -244,4 +288,14 @@ SHAPES: list[Shape] = [
     Shape("auth-outside", auth_outside, login=session_login, websocket="/v1/ws"),
     Shape("gzip", gzip, stream="/v1/stream"),
     Shape("sync-endpoint", sync_endpoints),
+    Shape(
+        "fullstack-template",
+        fullstack,
+        priced="/api/v1/items/",
+        price=Decimal("0.001"),  # the default price of what it meters
+        unserved="/api/v1/items/00000000-0000-4000-8000-000000000000",
+        login=fullstack_login,
+        meter="/api/v1/items*",
+        cors_origin=ORIGIN,
+    ),
 ]

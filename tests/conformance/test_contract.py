@@ -80,7 +80,7 @@ async def test_contract(shape: Shape, backend: dict[str, Any], ledger: Ledger) -
     transport = httpx.ASGITransport(app=app)
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
-            who = await shape.login(c, "conformer")
+            account, who = await shape.login(c, "conformer")
             anonymous = await c.get(shape.priced, headers=origin)
             problem_of(anonymous, "unauthenticated", 401)
             preflight = await c.options(
@@ -111,26 +111,26 @@ async def test_contract(shape: Shape, backend: dict[str, Any], ledger: Ledger) -
                 assert preflight.headers["access-control-allow-origin"] == shape.cors_origin
                 for refusal in (anonymous, broke):
                     assert refusal.headers["access-control-allow-origin"] == shape.cors_origin
-        assert (await ledger.balance("conformer")).available == 0
+        assert (await ledger.balance(account)).available == 0
         if shape.websocket:
-            await websocket_contract(app, shape, who, ledger)
+            await websocket_contract(app, shape, account, who, ledger)
     finally:
         await credits.aclose()
 
 
 async def websocket_contract(
-    app: ASGIApp, shape: Shape, who: dict[str, str], ledger: Ledger
+    app: ASGIApp, shape: Shape, account: str, who: dict[str, str], ledger: Ledger
 ) -> None:
     """Unauthenticated: refused before the handshake; with credentials: accepted, billed."""
     assert shape.websocket is not None
     anonymous = await handshake(app, shape.websocket, {})
     assert anonymous["type"] == "websocket.http.response.start" and anonymous["status"] == 401
-    await ledger.grant("conformer", shape.price, key="top-up", source="purchase")
+    await ledger.grant(account, shape.price, key="top-up", source="purchase")
     accepted = await handshake(app, shape.websocket, who)
     assert accepted["type"] == "websocket.accept", accepted
     headers = dict(accepted.get("headers", []))
     assert Decimal(headers[b"credit-cost"].decode()) == shape.price
-    assert (await ledger.balance("conformer")).available == 0  # the top-up paid for it
+    assert (await ledger.balance(account)).available == 0  # the top-up paid for it
 
 
 def _ask(method: str) -> dict[str, str]:

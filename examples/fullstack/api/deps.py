@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -37,11 +38,12 @@ def get_current_user(session: SessionDep, settings: SettingsDep, token: TokenDep
     try:
         payload = jwt.decode(token, settings.secret_key, algorithms=[ALGORITHM])
         token_data = TokenPayload(**payload)
-    except (jwt.InvalidTokenError, ValidationError):
+        user_id = uuid.UUID(str(token_data.sub))  # SQLite's UUID column takes no string
+    except (jwt.InvalidTokenError, ValidationError, ValueError):
         raise HTTPException(
             status_code=status.HTTP_403_FORBIDDEN, detail="Could not validate credentials"
         ) from None
-    user = session.get(User, token_data.sub)
+    user = session.get(User, user_id)
     if user is None:
         raise HTTPException(status_code=404, detail="User not found")
     if not user.is_active:
