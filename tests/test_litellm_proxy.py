@@ -73,13 +73,18 @@ def request(**extra: Any) -> dict[str, Any]:
 async def proxied(
     hook: CreditProxyHook, data: dict[str, Any], auth: UserAPIKeyAuth | None = None, **call: Any
 ) -> Any:
-    """What the proxy does with one request: pre-call hook, then the call with callbacks."""
+    """What the proxy does with one request: pre-call hook, then the call with callbacks, and
+    the failure hook when the request fails."""
     out = await hook.async_pre_call_hook(
         user_api_key_dict=auth or key(), cache=DualCache(), data=data, call_type="acompletion"
     )
     assert out is not None
     kwargs = {k: out[k] for k in _FORWARDED if k in out}
-    return await litellm.acompletion(**kwargs, **call, callbacks=[hook])
+    try:
+        return await litellm.acompletion(**kwargs, **call, callbacks=[hook])
+    except Exception as exc:
+        await hook.async_post_call_failure_hook(data, exc, auth or key())
+        raise
 
 
 async def settled(ledger: Ledger, account: str, kind: str) -> Any:
