@@ -181,8 +181,10 @@ def worst_case(
         q = data.get("quality")
         found = [image_price(pricer, model, pricing, size=s, quality=q, n=n) for s in _sizes(data)]
         prices = [p for p in found if p is not None]
+        # LiteLLM's table by size and quality; a model priced only per image token, at the
+        # most tokens an image takes
         per_token = units.get("output_cost_per_image_token", zero) * _MAX_IMAGE_TOKENS * n
-        media = max([*prices, per_token])
+        media = max(prices) if prices else per_token
         basis = {"size": data.get("size"), "quality": data.get("quality"), "n": n}
     elif kind == "transcription":
         prompt, out = 0, pricer.max_tokens(data)

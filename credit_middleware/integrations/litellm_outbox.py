@@ -41,7 +41,7 @@ class Outbox:
     ledger stays down. One per :class:`~.litellm_meter.Meter`; no globals.
     """
 
-    def __init__(self, *, retry_delay: float = 0.5, max_delay: float = 30.0) -> None:
+    def __init__(self, *, retry_delay: float = 0.5, max_delay: float = 10.0) -> None:
         self.retry_delay = retry_delay
         self.max_delay = max_delay
         self._pending: dict[str, Callable[[], Awaitable[Any]]] = {}

@@ -38,8 +38,10 @@ class UnknownModelPrice(CreditError):
 
     def __init__(self, model: str) -> None:
         super().__init__(
-            f"no price known for model {model!r}: add it to LiteLLM's price map, pass"
-            " input_cost_per_token/output_cost_per_token, or configure unknown_model_price"
+            f"no price known for model {model!r}: add it to LiteLLM's price map, set the"
+            " deployment's prices (input_cost_per_token/output_cost_per_token,"
+            " output_cost_per_image, input_cost_per_second, ...) in its model_info or"
+            " litellm_params, or configure unknown_model_price (tokens)"
         )
         self.model = model
 

@@ -263,8 +263,8 @@ class CreditProxyHook(ProxySettlement):
                 "call_id_in_use",
                 f"a call with id {request_id!r} (x-litellm-call-id) is already in flight",
             )
+        worst, priced = self._price(kind, model, data)  # refuses what nothing prices
         try:
-            worst, priced = self._price(kind, model, data)
             call = await self.meter.begin(
                 who,
                 model=priced.model,
