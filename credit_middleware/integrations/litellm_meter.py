@@ -133,7 +133,9 @@ class Meter(Pricer):
             self.provisioner.observer.ledger_op("hold", "insufficient")
             raise
         except Exception as exc:
-            if is_backend_fault(exc):
+            # an answer lost after the database got the hold: it may stand, so find it by
+            # its key and give it back (a clean refusal, e.g. a closed ledger, wrote nothing)
+            if is_backend_fault(exc) and getattr(exc, "maybe_applied", True):
                 self._void_later(result.account_id, amount, model, meta, key)
             raise
         self.provisioner.observer.ledger_op("hold", "ok")
@@ -182,8 +184,7 @@ class Meter(Pricer):
     def _release_orphan(self, task: asyncio.Task[Receipt]) -> None:
         if task.cancelled():
             return
-        exc = task.exception()
-        if exc is None and task.result().hold is not None:
+        if task.exception() is None and task.result().hold is not None:
             hold = task.result().hold
             assert hold is not None
             self.spawn(self.release_hold(hold.hold_id, "cancelled"))
