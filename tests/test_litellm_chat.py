@@ -130,7 +130,6 @@ async def test_no_credentials_no_call(ledger: Ledger) -> None:
 
 async def test_the_example_app_bills_chat_by_llm_cost(sqlite_url: str) -> None:
     from examples import app as example
-
     from examples.chat import warm_up
 
     app = example.create_app(database_url=sqlite_url, jwt_secret=SECRET)

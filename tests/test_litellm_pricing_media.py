@@ -157,7 +157,7 @@ def test_every_fallback_is_a_deployment_the_call_may_reach() -> None:
 
 def test_the_deployment_that_answered_is_found_by_its_model_id() -> None:
     router = _router()
-    pricey = router.get_model_list(model_name="pricey")[0]
+    [pricey] = router.get_model_list(model_name="pricey") or []
     served = served_by(
         router, {"standard_logging_object": {"model_id": pricey["model_info"]["id"]}}
     )
@@ -174,7 +174,8 @@ async def test_the_hold_covers_the_dearest_fallback(ledger: Ledger) -> None:
 
     router = _router(fallbacks=[{"cheap": ["pricey"]}])
     hook = CreditProxyHook(Provisioner(ledger), router=router)
-    data = {"model": "cheap", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100}
+    messages = [{"role": "user", "content": "hi"}]
+    data: dict[str, Any] = {"model": "cheap", "messages": messages, "max_tokens": 100}
     data.update(litellm_call_id="c-1", metadata={})
     await hook.async_pre_call_hook(
         user_api_key_dict=UserAPIKeyAuth(api_key="k", user_id="ann"),
@@ -183,7 +184,7 @@ async def test_the_hold_covers_the_dearest_fallback(ledger: Ledger) -> None:
         call_type="acompletion",
     )
     [hold] = await ledger.holds("ann")
-    prompt = litellm.token_counter(model="openai/gpt-4o", messages=data["messages"])
+    prompt = litellm.token_counter(model="openai/gpt-4o", messages=messages)
     p, c = litellm.cost_per_token(
         model="openai/gpt-4o", prompt_tokens=prompt, completion_tokens=100
     )
