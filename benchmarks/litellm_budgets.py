@@ -111,11 +111,21 @@ async def sdk_max_budget(n: int, budget: Decimal, delay: float) -> tuple[int, De
 
 
 async def sdk_budget_manager(n: int, budget: Decimal, delay: float) -> tuple[int, Decimal, float]:
-    import litellm
     from litellm import BudgetManager
 
-    manager = BudgetManager(project_name=f"race-{os.getpid()}", client_type="local")
-    manager.create_budget(total_budget=float(budget), user="racer")
+    here = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)  # a local BudgetManager saves its spend to ./user_cost.json
+        try:
+            manager = BudgetManager(project_name=f"race-{os.getpid()}", client_type="local")
+            manager.create_budget(total_budget=float(budget), user="racer")
+            return await _budget_manager_race(manager, n, delay)
+        finally:
+            os.chdir(here)
+
+
+async def _budget_manager_race(manager: Any, n: int, delay: float) -> tuple[int, Decimal, float]:
+    import litellm
 
     async def call() -> float | None:
         if manager.get_current_cost(user="racer") > manager.get_total_budget("racer"):

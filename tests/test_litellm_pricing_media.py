@@ -157,7 +157,9 @@ def test_every_fallback_is_a_deployment_the_call_may_reach() -> None:
 
 def test_the_deployment_that_answered_is_found_by_its_model_id() -> None:
     router = _router()
-    [pricey] = router.get_model_list(model_name="pricey") or []
+    registry = getattr(router, "registry", None)  # LiteLLM >= 1.110 deprecates get_model_list
+    group = registry().deployments("pricey") if registry else router.get_model_list("pricey")
+    [pricey] = group or []
     served = served_by(
         router, {"standard_logging_object": {"model_id": pricey["model_info"]["id"]}}
     )

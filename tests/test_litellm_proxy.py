@@ -240,3 +240,23 @@ async def test_end_users_can_be_billed_when_chosen(ledger: Ledger) -> None:
     [grant] = [e for e in await ledger.history("end-user-7") if e.kind == "grant"]
     assert grant.layer == "litellm"  # the failsafe layer provisioned it
     assert await ledger.get_account("ann") is None
+
+
+async def test_a_stream_that_is_not_a_stream_passes_through(
+    hook: CreditProxyHook, ledger: Ledger
+) -> None:
+    """LiteLLM's mocked Responses API answers whole even when asked to stream: the iterator
+    hook hands it on as it came (the proxy then answers as it would without the hook), rather
+    than failing on it."""
+    data = request(stream=True)
+    await hook.async_pre_call_hook(
+        user_api_key_dict=key(), cache=DualCache(), data=data, call_type="aresponses"
+    )
+    whole = object()
+    relayed = hook.async_post_call_streaming_iterator_hook(
+        user_api_key_dict=key(), response=whole, request_data=data
+    )
+    assert [item async for item in relayed] == [whole]
+    assert len(await ledger.holds("ann")) == 1  # settled by the success or failure event
+    await hook.async_post_call_failure_hook(data, RuntimeError("done"), key())
+    assert not await ledger.holds("ann")

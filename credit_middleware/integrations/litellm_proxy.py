@@ -31,37 +31,21 @@ from typing import Any, Literal
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from litellm.types.utils import CallTypes
-
 from ..errors import BackendUnavailable, ConfigurationError, CreditError, InsufficientCredits
 from ..identity import Identity
 from ..ledger import Ledger
 from ..ledger.schema import migrations
 from ..policy import TrialPolicy
 from ..provisioning import Provisioner
-from .litellm_calls import Kind, Worst, kind_of, worst_case
+from .litellm_gate import dearest, gate, twins
 from .litellm_meter import Meter
-from .litellm_pricing import UnknownModelPrice
 from .litellm_refusals import CreditRefusal, Identify, end_user, in_proxy, key_owner
-from .litellm_routes import Deployment, proxy_router, reachable
+from .litellm_routes import proxy_router
 from .litellm_settle import ProxySettlement
 
 __all__ = ["CreditProxyHook", "CreditRefusal", "end_user", "key_owner"]
 
 log = logging.getLogger("credit_middleware.litellm")
-
-_KNOWN_CALL_TYPES = frozenset(c.value for c in CallTypes)
-
-
-def _twins(names: Iterable[str]) -> frozenset[str]:
-    """Each call type with its sync/async twin (``image_generation``/``aimage_generation``):
-    the proxy names some calls one way before the call and the other way after it."""
-    out: set[str] = set()
-    for name in names:
-        out |= {name, "a" + name}
-        if name.startswith("a"):
-            out.add(name[1:])
-    return frozenset(out)
 
 
 class CreditProxyHook(ProxySettlement):
@@ -120,7 +104,7 @@ class CreditProxyHook(ProxySettlement):
         self.identify = identify
         self.router = router
         self.unowned_account = unowned_account
-        self.free_call_types = _twins(free_call_types)
+        self.free_call_types = twins(free_call_types)
         self.unknown_call_types = unknown_call_types
         self.max_audio_seconds = max_audio_seconds
         self.auto_migrate = auto_migrate
@@ -160,24 +144,6 @@ class CreditProxyHook(ProxySettlement):
         headers = {"Retry-After": str(self.retry_after)}
         return CreditRefusal(503, "credits_unavailable", message, headers=headers)
 
-    def _gate(self, call_type: str, data: Mapping[str, Any]) -> Kind | None:
-        """The kind to meter, None to serve free; raises for a call type nobody allowed."""
-        if call_type in self.free_call_types:
-            return None
-        kind = kind_of(call_type)
-        if kind is not None:
-            return kind
-        if call_type not in _KNOWN_CALL_TYPES and self.unknown_call_types == "free":
-            return None
-        raise CreditRefusal(
-            400,
-            "call_type_not_billable",
-            f"{_route(data)} is not billed by this proxy's credit hook, so it is refused"
-            f" (LiteLLM calls it {call_type!r}: the operator can list that in free_call_types"
-            " to serve it free)",
-            call_type=call_type,
-        )
-
     async def _ensure_schema(self) -> None:
         if self._schema_ok:
             return
@@ -199,34 +165,6 @@ class CreditProxyHook(ProxySettlement):
             raise self._unavailable(f"credit ledger unavailable: {exc.detail}") from None
         self._schema_ok = True
 
-    def _price(self, kind: Kind, model: str, data: Mapping[str, Any]) -> tuple[Worst, Deployment]:
-        """The worst case over every deployment the call may be answered by: the group's,
-        and its fallbacks'. One that nothing prices refuses the call (it could answer it)."""
-        worst: tuple[Worst, Deployment] | None = None
-        for d in reachable(self.router or proxy_router(), model, data):
-            body = {**data, **d.overrides} if d.overrides else data
-            try:
-                w = worst_case(
-                    self.meter,
-                    kind,
-                    d.model,
-                    body,
-                    d.pricing,
-                    max_audio_seconds=self.max_audio_seconds,
-                )
-            except UnknownModelPrice as exc:
-                via = "" if d.group == model else f", a fallback of {model!r}"
-                raise CreditRefusal(
-                    400,
-                    "unknown_model_price",
-                    f"{exc} (deployment {d.model!r} of {d.group!r}{via})",
-                    model=d.model,
-                ) from None
-            if worst is None or w.usd > worst[0].usd:
-                worst = (w, d)
-        assert worst is not None
-        return worst
-
     async def async_pre_call_hook(
         self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: str
     ) -> dict[str, Any] | None:
@@ -239,7 +177,7 @@ class CreditProxyHook(ProxySettlement):
     async def _hold(
         self, user_api_key_dict: Any, data: dict[str, Any], call_type: str
     ) -> dict[str, Any] | None:
-        kind = self._gate(call_type, data)
+        kind = gate(call_type, data, free=self.free_call_types, unknown=self.unknown_call_types)
         if kind is None:
             return data
         await self._ensure_schema()
@@ -263,7 +201,14 @@ class CreditProxyHook(ProxySettlement):
                 "call_id_in_use",
                 f"a call with id {request_id!r} (x-litellm-call-id) is already in flight",
             )
-        worst, priced = self._price(kind, model, data)  # refuses what nothing prices
+        worst, priced = dearest(  # refuses what nothing prices
+            self.meter,
+            self.router or proxy_router(),
+            kind,
+            model,
+            data,
+            max_audio_seconds=self.max_audio_seconds,
+        )
         try:
             call = await self.meter.begin(
                 who,
@@ -331,15 +276,3 @@ class CreditProxyHook(ProxySettlement):
             from .._redis import close_redis
 
             await close_redis(client)
-
-
-def _route(data: Mapping[str, Any]) -> str:
-    """``POST /v1/batches``: the route a request came in on, as the proxy recorded it."""
-    request = data.get("proxy_server_request")
-    if isinstance(request, Mapping):
-        url, method = request.get("url"), request.get("method")
-        if isinstance(url, str) and url:
-            path = url.split("://", 1)[-1]
-            path = "/" + path.split("/", 1)[1] if "/" in path else "/"
-            return f"{method or 'POST'} {path.split('?', 1)[0]}"
-    return "this call"

@@ -51,6 +51,31 @@ class Deployment:
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
+# LiteLLM 1.110 reads a router through ``registry()`` and ``settings()`` and deprecates the
+# attributes 1.108 had; both are read here, the newer way first.
+
+
+def _group_of(router: Any, model: str) -> list[Any]:
+    registry = getattr(router, "registry", None)
+    if callable(registry):
+        return list(registry().deployments(model) or [])
+    return list(router.get_model_list(model_name=model) or [])
+
+
+def _setting(router: Any, name: str) -> Any:
+    settings = getattr(router, "settings", None)
+    if callable(settings):
+        return getattr(settings(), name, None)
+    return getattr(router, name, None)
+
+
+def _by_id(router: Any, model_id: str) -> Any:
+    registry = getattr(router, "registry", None)
+    if callable(registry):
+        return registry().deployment(model_id)
+    return router.get_deployment(model_id=model_id)
+
+
 def proxy_router() -> Any:
     """The proxy's router (``llm_router``), or None outside the proxy or before it started."""
     module = sys.modules.get("litellm.proxy.proxy_server")
@@ -86,7 +111,7 @@ def deployments(router: Any, model: str) -> list[Deployment]:
     found: list[Any] = []
     if router is not None:
         try:
-            found = list(router.get_model_list(model_name=model) or [])
+            found = _group_of(router, model)
         except Exception:
             found = []
     out = [d for d in (_deployment(raw, model) for raw in found) if d is not None]
@@ -139,7 +164,7 @@ def reachable(router: Any, model: str, data: Mapping[str, Any]) -> list[Deployme
     while todo and use_fallbacks and len(groups) < _MAX_GROUPS:
         group = todo.pop()
         for setting in _FALLBACK_SETTINGS:
-            for source in (data.get(setting), getattr(router, setting, None)):
+            for source in (data.get(setting), _setting(router, setting)):
                 if group == model and isinstance(source, list) and source and _listed(source):
                     chains: list[Any] = [source]  # the request's own ["gpt-4o", ...]
                 else:
@@ -175,7 +200,7 @@ def served_by(router: Any, kwargs: Mapping[str, Any]) -> Deployment | None:
     if router is None or not isinstance(model_id, str) or not model_id:
         return None
     try:
-        found = router.get_deployment(model_id=model_id)
+        found = _by_id(router, model_id)
     except Exception:
         return None
     if found is None:
