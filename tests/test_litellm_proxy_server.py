@@ -73,6 +73,7 @@ def _config(up: str) -> str:
         + at("broken", "openai/gpt-4o-mini", UNREACHABLE)
         + at("cheap", "openai/gpt-4o-mini", UNREACHABLE)
         + at("pricey", "openai/gpt-4o")
+        + at("pricey-down", "openai/gpt-4o", UNREACHABLE)
         + at("unpriced", "openai/my-private-model")
         + at("private-priced", "openai/my-private-model", model_info=PRIVATE)
         + at("dall-e-3", "openai/dall-e-3")
@@ -85,7 +86,8 @@ def _config(up: str) -> str:
         + "  - model_name: claude\n"
         + "    litellm_params: {model: anthropic/claude-haiku-4-5, api_key: sk-not-used,"
         + ' mock_response: "Claude, mocked."}\n'
-        + 'router_settings:\n  fallbacks: [{"cheap": ["pricey"]}]\n'
+        + "router_settings:\n"
+        + '  fallbacks: [{"cheap": ["pricey"]}, {"pricey-down": ["gpt-4o-mini"]}]\n'
         + "litellm_settings:\n  callbacks: credit_hooks.credits\n  num_retries: 0\n"
         + "  request_timeout: 20\n"
         + "general_settings:\n  master_key: sk-master\n  custom_auth: credit_hooks.auth\n"
@@ -376,6 +378,22 @@ async def test_a_fallback_is_billed_at_the_deployment_that_answered(
     )
     assert hold.amount_micros == micros_up(p, c)
     assert not [e for e in await ledger.history(fred) if e.kind == "release"]
+
+    # the other way round: held for the dear primary, served by its cheap fallback, which is
+    # what is captured and the model the entry names
+    raw = await sdk(f"sk-user-{fred}").chat.completions.with_raw_response.create(
+        model="pricey-down", messages=M
+    )
+    call_id = raw.headers["x-litellm-call-id"]
+    capture = (await captures(ledger, fred, {call_id}))[call_id]
+    u = raw.parse().usage
+    p, c = litellm.cost_per_token(
+        model="openai/gpt-4o-mini",
+        prompt_tokens=u.prompt_tokens,
+        completion_tokens=u.completion_tokens,
+    )
+    assert capture.amount_micros == micros_up(p, c) == micros_up(cost_header(raw))
+    assert (capture.model, capture.metadata["held_for"]) == ("openai/gpt-4o-mini", "openai/gpt-4o")
 
 
 async def test_a_user_who_covers_only_the_primary_is_refused_before_any_call(

@@ -177,6 +177,7 @@ class CreditedLLM:
             )
             await stream.aclose(outcome="abandoned")
         await self.meter.drain()
+        await self.meter.outbox.close()
         if close_ledger:
             await self.meter.ledger.close()
             self.meter.ledger.reopen()

@@ -111,6 +111,9 @@ class Outbox:
                 if self._pending.get(key) is op:
                     del self._pending[key]
         self.landed += landed
+        worker = self._worker
+        if not self._pending and worker is not None and worker is not asyncio.current_task():
+            worker.cancel()  # nothing left: no retry timer outlives the queue
         return landed
 
     async def close(self, *, timeout: float = 5.0) -> None:
