@@ -89,19 +89,26 @@ async def race(n: int, call: Callable[[], Awaitable[float | None]]) -> tuple[int
     )
 
 
+async def mocked(delay: float) -> Any:
+    """One SDK call to the mocked provider, ``delay`` seconds long."""
+    import litellm
+
+    return await litellm.acompletion(
+        model=MODEL,
+        messages=MESSAGES,
+        mock_response=ANSWER,
+        mock_delay=delay,
+        max_tokens=MAX_TOKENS,
+    )
+
+
 async def sdk_max_budget(n: int, budget: Decimal, delay: float) -> tuple[int, Decimal, float]:
     import litellm
 
     litellm.max_budget, litellm._current_cost = float(budget), 0
 
     async def call() -> float | None:
-        r = await litellm.acompletion(
-            model=MODEL,
-            messages=MESSAGES,
-            mock_response=ANSWER,
-            mock_delay=delay,
-            max_tokens=MAX_TOKENS,
-        )
+        r = await mocked(delay)
         return float(r._hidden_params["response_cost"])
 
     try:
@@ -125,18 +132,10 @@ async def sdk_budget_manager(n: int, budget: Decimal, delay: float) -> tuple[int
 
 
 async def _budget_manager_race(manager: Any, n: int, delay: float) -> tuple[int, Decimal, float]:
-    import litellm
-
     async def call() -> float | None:
         if manager.get_current_cost(user="racer") > manager.get_total_budget("racer"):
             return None  # refused, as its docs check
-        r = await litellm.acompletion(
-            model=MODEL,
-            messages=MESSAGES,
-            mock_response=ANSWER,
-            mock_delay=delay,
-            max_tokens=MAX_TOKENS,
-        )
+        r = await mocked(delay)
         manager.update_cost(completion_obj=r, user="racer")
         return float(r._hidden_params["response_cost"])
 

@@ -34,11 +34,12 @@ SECRET = "test-secret-for-the-chat-example-0123456789"
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi there"}]}
 
 
-def app_for(ledger: Ledger, policy: TrialPolicy | None = None) -> Starlette:
+def app_for(ledger: Ledger, policy: TrialPolicy | None = None, **options: Any) -> Starlette:
+    """The chat route behind the middleware. LiteLLM may take seconds to load on a busy
+    machine: these tests are about billing, so their first request waits for it (the 503
+    while it loads has a test of its own, which passes ``ready_timeout``)."""
     provisioner = Provisioner(ledger, policy)
-    # LiteLLM may take seconds to load on a busy machine: these tests are about billing, so
-    # their first request waits for it (the 503 while loading has a test of its own)
-    app = Starlette(routes=[chat_route(provisioner, ready_timeout=120)])
+    app = Starlette(routes=[chat_route(provisioner, **{"ready_timeout": 120, **options})])
     app.add_middleware(
         CreditMiddleware,
         provisioner=provisioner,
@@ -210,7 +211,7 @@ async def test_while_litellm_loads_a_chat_request_gets_503_not_a_hang(
     waits at most ``ready_timeout``, then gets 503 with Retry-After (and pays nothing)."""
     import threading
 
-    from examples.chat import ChatEndpoint
+    from examples.chat import ChatEndpoint, warm_up
 
     loaded = threading.Event()
     real = ChatEndpoint._build
@@ -220,23 +221,14 @@ async def test_while_litellm_loads_a_chat_request_gets_503_not_a_hang(
         return real(self)
 
     monkeypatch.setattr(ChatEndpoint, "_build", slow)
-    provisioner = Provisioner(ledger)
-    route = chat_route(provisioner, ready_timeout=0.05, retry_after=7)
-    app = Starlette(routes=[route])
-    app.add_middleware(
-        CreditMiddleware,
-        provisioner=provisioner,
-        jwt_secret=SECRET,
-        pricing=Pricing(routes=[Route("/v1/chat/completions", mode="handler")]),
-    )
+    app = app_for(ledger, ready_timeout=0.05, retry_after=7)
     async with client(app) as http:
         r = await http.post("/v1/chat/completions", json=BODY, headers=auth("early"))
         assert r.status_code == 503, r.text
         assert r.headers["retry-after"] == "7"
         assert r.json()["type"].endswith("llm-loading")
         loaded.set()
-        endpoint = route.endpoint.__self__  # type: ignore[attr-defined]
-        await endpoint.startup(wait=True)
+        await warm_up(app, wait=True, routes=app.routes)
         r = await http.post("/v1/chat/completions", json=BODY, headers=auth("early"))
     assert r.status_code == 200, r.text
     assert len(await entries(ledger, "early", "capture")) == 1  # the 503 was not billed

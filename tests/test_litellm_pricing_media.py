@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import io
 import os
-import wave
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from _litellm_helpers import wav
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no price-map download
 
@@ -31,16 +31,6 @@ pytestmark = pytest.mark.filterwarnings(
 @pytest.fixture(scope="module")
 def pricer() -> Pricer:
     return Pricer()
-
-
-def wav(seconds: float, rate: int = 8000) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(b"\0\0" * int(rate * seconds))
-    return buf.getvalue()
 
 
 def test_audio_is_measured_from_the_file() -> None:

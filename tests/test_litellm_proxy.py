@@ -11,6 +11,7 @@ from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 import pytest
+from _litellm_helpers import isolate_litellm
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no price-map download
 
@@ -38,16 +39,7 @@ _FORWARDED = ("model", "messages", "input", "litellm_call_id", "metadata", "stre
 
 @pytest.fixture(autouse=True)
 def _isolated_litellm(monkeypatch: pytest.MonkeyPatch) -> None:
-    """LiteLLM keeps registered callbacks in module lists: give each test fresh ones."""
-    monkeypatch.setattr(litellm, "suppress_debug_info", True)
-    for name in (
-        "callbacks",
-        "success_callback",
-        "failure_callback",
-        "_async_success_callback",
-        "_async_failure_callback",
-    ):
-        monkeypatch.setattr(litellm, name, [])
+    isolate_litellm(monkeypatch)
 
 
 @pytest.fixture

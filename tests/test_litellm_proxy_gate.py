@@ -11,6 +11,7 @@ from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 import pytest
+from _litellm_helpers import isolate_litellm
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no price-map download
 
@@ -50,11 +51,7 @@ REQUESTS: dict[str, tuple[str, dict[str, Any]]] = {
 
 @pytest.fixture(autouse=True)
 def _isolated_litellm(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(litellm, "suppress_debug_info", True)
-    for name in ("callbacks", "success_callback", "failure_callback"):
-        monkeypatch.setattr(litellm, name, [])
-    for name in ("_async_success_callback", "_async_failure_callback"):
-        monkeypatch.setattr(litellm, name, [])
+    isolate_litellm(monkeypatch)
 
 
 def key(user_id: str | None = "ann") -> UserAPIKeyAuth:

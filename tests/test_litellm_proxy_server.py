@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import os
 import secrets
 import tempfile
 import time
-import wave
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
@@ -24,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _litellm_helpers import wav
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -247,16 +246,6 @@ async def upstream_calls(stack: Stack) -> dict[str, int]:
 
 def cost_header(raw: Any) -> float:
     return float(raw.headers["x-litellm-response-cost"])
-
-
-def wav(seconds: float, rate: int = 16000) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(b"\0\0" * int(rate * seconds))
-    return buf.getvalue()
 
 
 async def test_every_call_type_is_billed_what_litellm_charges(

@@ -12,10 +12,10 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from _litellm_helpers import isolate_litellm
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no price-map download
 
-import litellm
 from litellm.caching.dual_cache import DualCache
 from litellm.proxy._types import UserAPIKeyAuth
 
@@ -36,11 +36,7 @@ TEXT = "Hello, ledger! Every token here is paid for."
 
 @pytest.fixture(autouse=True)
 def _isolated_litellm(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(litellm, "suppress_debug_info", True)
-    for name in ("callbacks", "success_callback", "failure_callback"):
-        monkeypatch.setattr(litellm, name, [])
-    for name in ("_async_success_callback", "_async_failure_callback"):
-        monkeypatch.setattr(litellm, name, [])
+    isolate_litellm(monkeypatch)
 
 
 def key(user_id: str = "ann") -> UserAPIKeyAuth:

@@ -162,24 +162,27 @@ class Meter(Pricer):
         meta: dict[str, Any],
         key: str | None = None,
     ) -> Receipt:
-        task = self.spawn(
-            self.ledger.hold(
-                account_id,
-                amount,
-                timeout=self.hold_timeout,
-                key=key,
-                round_up=True,
-                layer="litellm",
-                model=model[:255],
-                metadata=meta,
-            )
-        )
+        task = self.spawn(self._hold(account_id, amount, model, meta, key))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
             # Cancelled while the hold was being written: give it back once it lands.
             task.add_done_callback(self._release_orphan)
             raise
+
+    def _hold(
+        self, account_id: str, amount: Decimal, model: str, meta: dict[str, Any], key: str | None
+    ) -> Coroutine[Any, Any, Receipt]:
+        return self.ledger.hold(
+            account_id,
+            amount,
+            timeout=self.hold_timeout,
+            key=key,
+            round_up=True,
+            layer="litellm",
+            model=model[:255],
+            metadata=meta,
+        )
 
     def _release_orphan(self, task: asyncio.Task[Receipt]) -> None:
         if task.cancelled():
@@ -197,16 +200,7 @@ class Meter(Pricer):
 
         async def void() -> None:
             try:
-                receipt = await self.ledger.hold(
-                    account_id,
-                    amount,
-                    timeout=self.hold_timeout,
-                    key=key,
-                    round_up=True,
-                    layer="litellm",
-                    model=model[:255],
-                    metadata=meta,
-                )
+                receipt = await self._hold(account_id, amount, model, meta, key)
             except InsufficientCredits:
                 return  # the first never landed, and there is nothing to hold now
             if receipt.hold is not None:
