@@ -330,7 +330,14 @@ async def test_every_call_type_is_billed_what_litellm_charges(
         completion_tokens=done.output_tokens,
     )
 
-    billed = await captures(ledger, ann, set(expected))
+    import openai
+
+    with pytest.raises(openai.InternalServerError):  # no fallback: the request fails ...
+        await client.chat.completions.create(model="broken", messages=M)
+
+    billed = await captures(ledger, ann, set(expected))  # ... and its hold is released
+    releases = [e for e in await ledger.history(ann, limit=1000) if e.kind == "release"]
+    assert len(releases) == 1
     amounts = {call_id: billed[call_id].amount_micros for call_id in expected}
     print(f"billed µc {sorted(amounts.values())} vs LiteLLM {sorted(expected.values())}")
     assert amounts == expected
