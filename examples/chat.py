@@ -8,10 +8,11 @@ answers from LiteLLM's ``mock_response`` by default, so it runs without a provid
 put in ``request.state.credit_identity``; the hold's idempotency key is the request's charge id
 (``request.state.credit_charge_id``), so a retried attempt never holds twice.
 
-Importing and initialising LiteLLM takes seconds of CPU: ``await warm_up(app)`` in the app's
-lifespan starts it at startup, off the event loop (in a thread), so no request waits behind it
-but a chat request arriving before it is ready; without it the first chat request starts it,
-still off the loop.
+Importing and initialising LiteLLM takes seconds of CPU (tens of seconds on a busy machine,
+after a worker restart): ``await warm_up(app)`` in the app's lifespan starts it at startup, off
+the event loop (in a thread), so no request waits behind it; without it the first chat request
+starts it, still off the loop. A chat request arriving while it loads waits at most
+``ready_timeout`` seconds, then gets 503 with ``Retry-After``: it never hangs.
 
     routes.append(chat_route(services.provisioner))
     ...
@@ -51,6 +52,17 @@ _PASSED = (
 )
 
 
+def _loading(retry_after: int) -> ProblemResponse:
+    body = {
+        "type": "urn:credit-middleware:problem:llm-loading",
+        "title": "LLM not ready yet",
+        "status": 503,
+        "detail": "LiteLLM is still loading on this worker; retry shortly",
+        "retry_after": retry_after,
+    }
+    return ProblemResponse(body, status_code=503, headers={"Retry-After": str(retry_after)})
+
+
 def _provider_error(status: int, detail: str) -> ProblemResponse:
     body = {
         "type": "urn:credit-middleware:problem:llm-unavailable",
@@ -61,9 +73,14 @@ def _provider_error(status: int, detail: str) -> ProblemResponse:
     return ProblemResponse(body, status_code=status)
 
 
+class _NotReady(Exception):
+    """LiteLLM is still loading."""
+
+
 class ChatEndpoint:
     """The endpoint; its ``CreditedLLM`` (and LiteLLM) is built at ``startup()``, in a thread,
-    or else on the first request (in a thread too)."""
+    or else on the first request (in a thread too). ``ready_timeout``: how long a request
+    waits for it before a 503 with ``Retry-After: retry_after``."""
 
     def __init__(
         self,
@@ -72,11 +89,15 @@ class ChatEndpoint:
         models: Sequence[str] = ("gpt-4o-mini",),
         mock_response: str | None = DEFAULT_MOCK,
         llm_options: dict[str, Any] | None = None,
+        ready_timeout: float = 2.0,
+        retry_after: int = 5,
     ) -> None:
         self.provisioner = provisioner
         self.models = tuple(models)
         self.mock_response = mock_response
         self.llm_options = llm_options or {}
+        self.ready_timeout = ready_timeout
+        self.retry_after = retry_after
         self._llm: Any = None
         self._building: asyncio.Future[Any] | None = None
 
@@ -93,12 +114,15 @@ class ChatEndpoint:
 
     async def llm(self) -> Any:
         """The wrapper, built once, in a worker thread: importing LiteLLM on the event loop
-        would stall every request of this worker for seconds."""
+        would stall every request of this worker for seconds. Raises ``_NotReady`` when it is
+        not built within ``ready_timeout``."""
         if self._llm is None:
-            self._start_building()
-            assert self._building is not None
+            building = self._start_building()
+            done, _ = await asyncio.wait({building}, timeout=self.ready_timeout)
+            if not done:
+                raise _NotReady
             try:
-                self._llm = await asyncio.shield(self._building)
+                self._llm = building.result()
             except ConfigurationError:
                 self._building = None  # e.g. LiteLLM not installed: say so on every call
                 raise
@@ -124,6 +148,8 @@ class ChatEndpoint:
             return kwargs
         try:
             llm = await self.llm()
+        except _NotReady:
+            return _loading(self.retry_after)
         except ConfigurationError as exc:
             return _provider_error(501, str(exc))
         charge_id = getattr(request.state, "credit_charge_id", None)
@@ -229,10 +255,17 @@ def chat_route(
     path: str = "/v1/chat/completions",
     models: Sequence[str] = ("gpt-4o-mini",),
     mock_response: str | None = DEFAULT_MOCK,
+    ready_timeout: float = 2.0,
+    retry_after: int = 5,
     **llm_options: Any,
 ) -> Route:
     """The route; ``llm_options`` go to ``CreditedLLM`` (``price_multipliers``, ...)."""
     endpoint = ChatEndpoint(
-        provisioner, models=models, mock_response=mock_response, llm_options=llm_options
+        provisioner,
+        models=models,
+        mock_response=mock_response,
+        llm_options=llm_options,
+        ready_timeout=ready_timeout,
+        retry_after=retry_after,
     )
     return Route(path, endpoint.handle, methods=["POST"], name="chat_completions")

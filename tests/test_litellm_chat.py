@@ -34,9 +34,12 @@ SECRET = "test-secret-for-the-chat-example-0123456789"
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi there"}]}
 
 
-def app_for(ledger: Ledger, policy: TrialPolicy | None = None) -> Starlette:
+def app_for(ledger: Ledger, policy: TrialPolicy | None = None, **options: Any) -> Starlette:
+    """The chat route behind the middleware. LiteLLM may take seconds to load on a busy
+    machine: these tests are about billing, so their first request waits for it (the 503
+    while it loads has a test of its own, which passes ``ready_timeout``)."""
     provisioner = Provisioner(ledger, policy)
-    app = Starlette(routes=[chat_route(provisioner)])
+    app = Starlette(routes=[chat_route(provisioner, **{"ready_timeout": 120, **options})])
     app.add_middleware(
         CreditMiddleware,
         provisioner=provisioner,
@@ -128,9 +131,11 @@ async def test_no_credentials_no_call(ledger: Ledger) -> None:
 
 async def test_the_example_app_bills_chat_by_llm_cost(sqlite_url: str) -> None:
     from examples import app as example
+    from examples.chat import warm_up
 
     app = example.create_app(database_url=sqlite_url, jwt_secret=SECRET)
     async with app.router.lifespan_context(app), client(app) as http:
+        await warm_up(app, wait=True)  # loaded: the chat route serves instead of a 503
         r = await http.post(
             "/auth/register", json={"email": "bo@example.com", "password": "correct horse"}
         )
@@ -160,7 +165,7 @@ def _with_charge_id(app: Any, charge_id: str) -> Any:
 
 async def test_the_hold_is_keyed_by_the_requests_charge_id(ledger: Ledger) -> None:
     provisioner = Provisioner(ledger)
-    app = Starlette(routes=[chat_route(provisioner)])
+    app = Starlette(routes=[chat_route(provisioner, ready_timeout=120)])
     app.add_middleware(_with_charge_id, charge_id="charge-abc")  # inner: after the door
     app.add_middleware(
         CreditMiddleware,
@@ -197,3 +202,34 @@ async def test_warm_up_builds_litellm_off_the_event_loop(
         r = await http.post("/v1/chat/completions", json=BODY, headers=auth("warm"))
     assert r.status_code == 200, r.text
     assert len(threads) == 1
+
+
+async def test_while_litellm_loads_a_chat_request_gets_503_not_a_hang(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a worker restart LiteLLM takes seconds to load: a chat request arriving meanwhile
+    waits at most ``ready_timeout``, then gets 503 with Retry-After (and pays nothing)."""
+    import threading
+
+    from examples.chat import ChatEndpoint, warm_up
+
+    loaded = threading.Event()
+    real = ChatEndpoint._build
+
+    def slow(self: ChatEndpoint) -> Any:
+        loaded.wait(60)  # LiteLLM still importing, until the test lets it finish
+        return real(self)
+
+    monkeypatch.setattr(ChatEndpoint, "_build", slow)
+    app = app_for(ledger, ready_timeout=0.05, retry_after=7)
+    async with client(app) as http:
+        r = await http.post("/v1/chat/completions", json=BODY, headers=auth("early"))
+        assert r.status_code == 503, r.text
+        assert r.headers["retry-after"] == "7"
+        assert r.json()["type"].endswith("llm-loading")
+        loaded.set()
+        await warm_up(app, wait=True, routes=app.routes)
+        r = await http.post("/v1/chat/completions", json=BODY, headers=auth("early"))
+    assert r.status_code == 200, r.text
+    assert len(await entries(ledger, "early", "capture")) == 1  # the 503 was not billed
+    assert not await entries(ledger, "early", "debit")

@@ -11,6 +11,7 @@ from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 import pytest
+from _litellm_helpers import isolate_litellm
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no price-map download
 
@@ -38,16 +39,7 @@ _FORWARDED = ("model", "messages", "input", "litellm_call_id", "metadata", "stre
 
 @pytest.fixture(autouse=True)
 def _isolated_litellm(monkeypatch: pytest.MonkeyPatch) -> None:
-    """LiteLLM keeps registered callbacks in module lists: give each test fresh ones."""
-    monkeypatch.setattr(litellm, "suppress_debug_info", True)
-    for name in (
-        "callbacks",
-        "success_callback",
-        "failure_callback",
-        "_async_success_callback",
-        "_async_failure_callback",
-    ):
-        monkeypatch.setattr(litellm, name, [])
+    isolate_litellm(monkeypatch)
 
 
 @pytest.fixture
@@ -73,13 +65,18 @@ def request(**extra: Any) -> dict[str, Any]:
 async def proxied(
     hook: CreditProxyHook, data: dict[str, Any], auth: UserAPIKeyAuth | None = None, **call: Any
 ) -> Any:
-    """What the proxy does with one request: pre-call hook, then the call with callbacks."""
+    """What the proxy does with one request: pre-call hook, then the call with callbacks, and
+    the failure hook when the request fails."""
     out = await hook.async_pre_call_hook(
         user_api_key_dict=auth or key(), cache=DualCache(), data=data, call_type="acompletion"
     )
     assert out is not None
     kwargs = {k: out[k] for k in _FORWARDED if k in out}
-    return await litellm.acompletion(**kwargs, **call, callbacks=[hook])
+    try:
+        return await litellm.acompletion(**kwargs, **call, callbacks=[hook])
+    except Exception as exc:
+        await hook.async_post_call_failure_hook(data, exc, auth or key())
+        raise
 
 
 async def settled(ledger: Ledger, account: str, kind: str) -> Any:
@@ -235,3 +232,23 @@ async def test_end_users_can_be_billed_when_chosen(ledger: Ledger) -> None:
     [grant] = [e for e in await ledger.history("end-user-7") if e.kind == "grant"]
     assert grant.layer == "litellm"  # the failsafe layer provisioned it
     assert await ledger.get_account("ann") is None
+
+
+async def test_a_stream_that_is_not_a_stream_passes_through(
+    hook: CreditProxyHook, ledger: Ledger
+) -> None:
+    """LiteLLM's mocked Responses API answers whole even when asked to stream: the iterator
+    hook hands it on as it came (the proxy then answers as it would without the hook), rather
+    than failing on it."""
+    data = request(stream=True)
+    await hook.async_pre_call_hook(
+        user_api_key_dict=key(), cache=DualCache(), data=data, call_type="aresponses"
+    )
+    whole = object()
+    relayed = hook.async_post_call_streaming_iterator_hook(
+        user_api_key_dict=key(), response=whole, request_data=data
+    )
+    assert [item async for item in relayed] == [whole]
+    assert len(await ledger.holds("ann")) == 1  # settled by the success or failure event
+    await hook.async_post_call_failure_hook(data, RuntimeError("done"), key())
+    assert not await ledger.holds("ann")

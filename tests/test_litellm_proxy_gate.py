@@ -11,6 +11,7 @@ from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 import pytest
+from _litellm_helpers import isolate_litellm
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no price-map download
 
@@ -50,11 +51,7 @@ REQUESTS: dict[str, tuple[str, dict[str, Any]]] = {
 
 @pytest.fixture(autouse=True)
 def _isolated_litellm(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(litellm, "suppress_debug_info", True)
-    for name in ("callbacks", "success_callback", "failure_callback"):
-        monkeypatch.setattr(litellm, name, [])
-    for name in ("_async_success_callback", "_async_failure_callback"):
-        monkeypatch.setattr(litellm, name, [])
+    isolate_litellm(monkeypatch)
 
 
 def key(user_id: str | None = "ann") -> UserAPIKeyAuth:
@@ -98,10 +95,11 @@ async def test_a_broke_user_is_refused_on_every_metered_call_type(
 @pytest.mark.parametrize(
     ("call_type", "expected_usd"),
     [
-        # LiteLLM's price data: $0.002 a rerank query; whisper-1 $0.0001 a second in and out,
-        # over the 60 s this hook was told audio may last; tts-1 $0.000015 a character
+        # LiteLLM's price data: $0.002 a rerank query; whisper-1 $0.0001 a second (LiteLLM
+        # bills one per-second price), over the 60 s this hook assumes when it has no file to
+        # measure; tts-1 $0.000015 a character
         ("rerank", Decimal("0.002")),
-        ("atranscription", Decimal("0.0002") * 60),
+        ("atranscription", Decimal("0.0001") * 60),
         ("aspeech", Decimal("0.000015") * len("Hello there")),
         ("moderation", Decimal(0)),  # LiteLLM prices OpenAI moderation at zero: 1 µc held
     ],
@@ -117,12 +115,16 @@ async def test_non_token_calls_hold_litellms_price(
 
 
 async def test_an_image_holds_its_most_expensive_output(ledger: Ledger) -> None:
+    """No size or quality named: held at LiteLLM's dearest gpt-image-1 image (high quality,
+    1536x1024), per image."""
     hook = CreditProxyHook(Provisioner(ledger))
     data = body("gpt-image-1", prompt="a ledger", n=2)
     await pre(hook, "image_generation", data)
     [hold] = await ledger.holds("ann")
     info = litellm.get_model_info("gpt-image-1")
-    per_image = Decimal(repr(info["output_cost_per_image_token"])) * 6240
+    per_image = Decimal(
+        repr(litellm.model_cost["high/1536-x-1024/gpt-image-1"]["input_cost_per_image"])
+    )
     prompt = litellm.token_counter(model="gpt-image-1", text="a ledger")
     prompt_usd = Decimal(repr(info["input_cost_per_token"])) * prompt
     assert hold.amount_micros == micros_up(2 * per_image + prompt_usd)

@@ -7,6 +7,8 @@ before any provider call when the balance can't cover it; after the call it capt
 cost, or releases the hold on error, timeout or cancellation. Streams are passed through chunk
 by chunk (:class:`CreditedStream`) and billed for what they produced, however they end: read
 to the end, closed early, dropped (settled when collected) or still open at ``aclose()``.
+A capture or release the ledger cannot take (it is down) is kept and lands once it is back:
+the call is never failed, nor a stream broken, for its settlement.
 ``completion()``/``embedding()`` are the synchronous twins (see ``litellm_sync``).
 
 LiteLLM is an optional extra and is imported only when a ``CreditedLLM`` is built.
@@ -177,6 +179,7 @@ class CreditedLLM:
             )
             await stream.aclose(outcome="abandoned")
         await self.meter.drain()
+        await self.meter.outbox.close()
         if close_ledger:
             await self.meter.ledger.close()
             self.meter.ledger.reopen()

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
 
+from .litellm_media import IMAGE_SIZES, audio_seconds, image_price, speech_seconds
 from .litellm_pricing import Pricer, UnknownModelPrice, usd
 
-__all__ = ["KINDS", "Kind", "Worst", "kind_of", "worst_case"]
+__all__ = ["KINDS", "Kind", "Worst", "kind_of", "per_second", "unit_prices", "worst_case"]
 
 Kind = Literal[
     "chat",
@@ -52,16 +53,14 @@ TOKEN_KINDS: frozenset[Kind] = frozenset(
     {"chat", "text", "embedding", "responses", "messages", "moderation"}
 )
 
-# The largest image LiteLLM prices and the most output tokens one image can take
-# (gpt-image-1, high quality, 1536x1024): the worst case of an image whose size is not given.
-_MAX_PIXELS = 1792 * 1024
+# The most output tokens one image can take (gpt-image-1, high quality, 1536x1024): the worst
+# case of a model priced per image token that LiteLLM's per-image table does not list.
 _MAX_IMAGE_TOKENS = 6240
 _UNIT_PRICES = (
     "input_cost_per_second",
     "output_cost_per_second",
+    "cost_per_second",
     "input_cost_per_character",
-    "output_cost_per_image",
-    "input_cost_per_pixel",
     "output_cost_per_image_token",
     "input_cost_per_query",
 )
@@ -81,6 +80,9 @@ class Worst:
     source: str
     prompt_tokens: int
     max_tokens: int
+    #: what a non-token price was computed from (image size and quality, audio seconds): the
+    #: capture prices the call the same way when LiteLLM reports no cost
+    basis: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _text(value: Any) -> str:
@@ -89,7 +91,7 @@ def _text(value: Any) -> str:
     return json.dumps(value, default=str) if value is not None else ""
 
 
-def _unit_prices(pricer: Pricer, model: str, pricing: Mapping[str, Any]) -> dict[str, Decimal]:
+def unit_prices(pricer: Pricer, model: str, pricing: Mapping[str, Any]) -> dict[str, Decimal]:
     """LiteLLM's non-token prices of ``model`` (per second, image, query, ...), overridden by
     the deployment's own; an empty dict when LiteLLM does not know the model."""
     try:
@@ -108,14 +110,6 @@ def _unit_prices(pricer: Pricer, model: str, pricing: Mapping[str, Any]) -> dict
         except (KeyError, ValueError):
             continue
     return out
-
-
-def _pixels(size: Any) -> int:
-    if isinstance(size, str) and "x" in size:
-        w, _, h = size.partition("x")
-        if w.isdigit() and h.isdigit() and 0 < int(w) * int(h) <= 10**8:
-            return int(w) * int(h)
-    return _MAX_PIXELS
 
 
 def _count(value: Any, low: int = 1, high: int = 128) -> int:
@@ -151,6 +145,11 @@ def _nested(value: list[Any] | str) -> bool:
     return isinstance(value, list) and any(not isinstance(v, (str, list)) for v in value)
 
 
+def _sizes(data: Mapping[str, Any]) -> tuple[Any, ...]:
+    size = data.get("size")
+    return (size,) if isinstance(size, str) and size not in ("", "auto") else IMAGE_SIZES
+
+
 def worst_case(
     pricer: Pricer,
     kind: Kind,
@@ -160,45 +159,72 @@ def worst_case(
     *,
     max_audio_seconds: int,
 ) -> Worst:
-    """The most one call of ``kind`` with this request body can cost, from LiteLLM's prices.
+    """The most one call of ``kind`` with this request body can cost, from LiteLLM's prices
+    (the deployment's own first).
 
-    Raises :class:`UnknownModelPrice` when LiteLLM has no price at all for the model (and no
-    fallback is configured); a model LiteLLM prices at zero (moderation) costs zero here, and
-    its hold is the ledger's minimum of 1 µc.
+    Raises :class:`UnknownModelPrice` when nothing prices the call: no price, or a price of
+    zero (LiteLLM lists every proxied deployment, priced or not), unless the operator set
+    one. Moderation is the exception: LiteLLM prices OpenAI's at zero (it is free), held at
+    the ledger's minimum of 1 µc.
     """
+    if kind in TOKEN_KINDS:
+        prompt, out = _tokens(pricer, kind, model, data)
+        zero_ok = kind == "moderation" and _mode(pricer, model, pricing) == "moderation"
+        cost, source = pricer.price(model, prompt, out, pricing, allow_zero=zero_ok)
+        return Worst(cost, source, prompt, out)
+    units = unit_prices(pricer, model, pricing)
+    zero = Decimal(0)
+    basis: dict[str, Any] = {}
     if kind == "image":
         prompt, out = pricer.input_tokens(model, _text(data.get("prompt"))), 0
+        n = _count(data.get("n"))
+        q = data.get("quality")
+        found = [image_price(pricer, model, pricing, size=s, quality=q, n=n) for s in _sizes(data)]
+        prices = [p for p in found if p is not None]
+        # LiteLLM's table by size and quality; a model priced only per image token, at the
+        # most tokens an image takes
+        per_token = units.get("output_cost_per_image_token", zero) * _MAX_IMAGE_TOKENS * n
+        media = max(prices) if prices else per_token
+        basis = {"size": data.get("size"), "quality": data.get("quality"), "n": n}
     elif kind == "transcription":
         prompt, out = 0, pricer.max_tokens(data)
-    elif kind == "speech":  # text in, audio tokens out (gpt-4o-mini-tts prices both)
-        prompt, out = pricer.input_tokens(model, _text(data.get("input"))), pricer.max_tokens(data)
-    else:
+        seconds, how = audio_seconds(data.get("file"), cap=max_audio_seconds)
+        media = per_second(units) * Decimal(repr(seconds))
+        basis = {"audio_seconds": seconds, "audio_length": how}
+    elif kind == "speech":  # text in, audio out: per character, per second or per token
+        text = _text(data.get("input"))
+        prompt, out = pricer.input_tokens(model, text), pricer.max_tokens(data)
+        seconds = speech_seconds(text, cap=max_audio_seconds)
+        media = per_second(units) * Decimal(seconds)
+        media += units.get("input_cost_per_character", zero) * len(text)
+    else:  # rerank
         prompt, out = _tokens(pricer, kind, model, data)
-    if kind in TOKEN_KINDS:
-        cost, source = pricer.price(model, prompt, out, pricing)
-        return Worst(cost, source, prompt, out)
-    units = _unit_prices(pricer, model, pricing)
-    try:
-        cost, source = pricer.price(model, prompt, out, pricing)
+        media = units.get("input_cost_per_query", zero)
+    try:  # the token part (gpt-image-1's prompt, gpt-4o-transcribe's text, ...)
+        cost, source = pricer.price(model, prompt, out, pricing, fallback=media <= 0)
     except UnknownModelPrice:
-        if not units:
-            raise
-        cost, source = Decimal(0), "litellm"
-    zero = Decimal(0)
-    if kind == "image":
-        n = _count(data.get("n"))
-        per_image = max(
-            units.get("output_cost_per_image", zero),
-            units.get("input_cost_per_pixel", zero) * _pixels(data.get("size")),
-            units.get("output_cost_per_image_token", zero) * _MAX_IMAGE_TOKENS,
+        cost, source = zero, "custom" if _configured(pricing) else "litellm"
+    if media <= 0 and (kind == "image" or cost <= 0):
+        raise UnknownModelPrice(model)  # an image with no image price is not a free image
+    return Worst(cost + media, source, prompt, out, basis)
+
+
+def per_second(units: Mapping[str, Decimal]) -> Decimal:
+    """The price of one second of audio: LiteLLM bills one of its per-second prices."""
+    keys = ("cost_per_second", "input_cost_per_second", "output_cost_per_second")
+    return max((units[k] for k in keys if k in units), default=Decimal(0))
+
+
+def _configured(pricing: Mapping[str, Any]) -> bool:
+    return any(k != "custom_llm_provider" for k in pricing)
+
+
+def _mode(pricer: Pricer, model: str, pricing: Mapping[str, Any]) -> str | None:
+    try:
+        info = pricer.litellm.get_model_info(
+            model=model, custom_llm_provider=pricing.get("custom_llm_provider")
         )
-        cost += per_image * n
-    elif kind in ("transcription", "speech"):
-        per_second = units.get("input_cost_per_second", zero) + units.get(
-            "output_cost_per_second", zero
-        )
-        cost += per_second * max_audio_seconds
-        cost += units.get("input_cost_per_character", zero) * len(_text(data.get("input")))
-    elif kind == "rerank":
-        cost += units.get("input_cost_per_query", zero)
-    return Worst(cost, source, prompt, out)
+    except Exception:
+        return None
+    mode = info.get("mode") if isinstance(info, Mapping) else None
+    return mode if isinstance(mode, str) else None

@@ -38,8 +38,10 @@ class UnknownModelPrice(CreditError):
 
     def __init__(self, model: str) -> None:
         super().__init__(
-            f"no price known for model {model!r}: add it to LiteLLM's price map, pass"
-            " input_cost_per_token/output_cost_per_token, or configure unknown_model_price"
+            f"no price known for model {model!r}: add it to LiteLLM's price map, set the"
+            " deployment's prices (input_cost_per_token/output_cost_per_token,"
+            " output_cost_per_image, input_cost_per_second, ...) in its model_info or"
+            " litellm_params, or configure unknown_model_price (tokens)"
         )
         self.model = model
 
@@ -94,10 +96,18 @@ class Pricer:
         completion_tokens: int,
         pricing: Mapping[str, Any],
         usage: Any = None,
+        *,
+        allow_zero: bool = False,
+        fallback: bool = True,
     ) -> tuple[Decimal, str]:
         """The USD cost of so many tokens (or of a LiteLLM ``Usage``, which also prices cached
         and reasoning tokens), and where the price came from: ``litellm``, ``custom`` (per-call
-        prices in the kwargs) or ``fallback`` (``unknown_model_price`` per 1,000 tokens)."""
+        prices in the kwargs) or ``fallback`` (``unknown_model_price`` per 1,000 tokens).
+
+        A model LiteLLM prices at zero counts as unpriced unless ``allow_zero``: inside the
+        proxy the router registers every deployment in LiteLLM's price map, so a model it has
+        no price for reads as free there. Prices the operator configured win, zero included.
+        """
         custom = {
             k: pricing[k]
             for k in ("input_cost_per_token", "output_cost_per_token")
@@ -112,11 +122,15 @@ class Pricer:
                 custom_cost_per_token=custom or None,
                 usage_object=usage,
             )
-            return usd(p) + usd(c), "custom" if custom else "litellm"
+            cost = usd(p) + usd(c)
         except Exception:
-            if self.unknown_model_price is None:
-                raise UnknownModelPrice(model) from None
-            return self.unknown_model_price * (prompt_tokens + completion_tokens) / 1000, "fallback"
+            cost = None
+        free = allow_zero or prompt_tokens + completion_tokens == 0
+        if cost is not None and (cost > 0 or custom or free):
+            return cost, "custom" if custom else "litellm"
+        if self.unknown_model_price is None or not fallback:
+            raise UnknownModelPrice(model)
+        return self.unknown_model_price * (prompt_tokens + completion_tokens) / 1000, "fallback"
 
     def prompt_tokens(self, model: str, kwargs: Mapping[str, Any]) -> int:
         """Tokens of a chat call's messages (and tools), counted by LiteLLM's tokenizer."""

@@ -9,11 +9,13 @@ Deny by default: before each call (``async_pre_call_hook``) the call type must b
 hook meters (chat, text, embeddings, responses, Anthropic messages, images, transcription,
 speech, rerank, moderation) or one the operator listed in ``free_call_types``; anything else,
 a type LiteLLM adds later included, is refused. A metered call's worst case is priced from
-LiteLLM's price data for the deployment the router will call (aliases resolved, custom prices
-honoured) and held; a caller who can't cover it gets a 402 before any provider call. After it,
-``async_log_success_event`` captures LiteLLM's ``response_cost`` and ``async_log_failure_event``
-releases the hold; a stream that ends early is charged for what it generated. A hold the proxy
-never settles (a crash) is released by its timeout. Ledger faults answer 503 with
+LiteLLM's price data (or the deployment's own prices) for every deployment the router may send
+it to, its fallbacks' included, and the dearest is held; a caller who can't cover it gets a 402
+before any provider call, and a deployment nothing prices is refused (400), never served free.
+After it, ``async_log_success_event`` captures the cost of the deployment that answered, and
+the hold is released when the request fails; a stream that ends early is charged for what it
+generated. Captures and releases the ledger cannot take now are kept and land later; a hold the
+proxy never settles (a crash) is released by its timeout. Ledger faults answer 503 with
 ``Retry-After``, never a 500.
 """
 
@@ -29,44 +31,21 @@ from typing import Any, Literal
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from litellm.types.utils import CallTypes
-
 from ..errors import BackendUnavailable, ConfigurationError, CreditError, InsufficientCredits
 from ..identity import Identity
 from ..ledger import Ledger
 from ..ledger.schema import migrations
 from ..policy import TrialPolicy
 from ..provisioning import Provisioner
-from .litellm_calls import Kind, Worst, kind_of, worst_case
+from .litellm_gate import dearest, gate, twins
 from .litellm_meter import Meter
-from .litellm_pricing import UnknownModelPrice
-from .litellm_refusals import (
-    CreditRefusal,
-    Identify,
-    deployments,
-    end_user,
-    in_proxy,
-    key_owner,
-    proxy_router,
-)
+from .litellm_refusals import CreditRefusal, Identify, end_user, in_proxy, key_owner
+from .litellm_routes import proxy_router
 from .litellm_settle import ProxySettlement
 
 __all__ = ["CreditProxyHook", "CreditRefusal", "end_user", "key_owner"]
 
 log = logging.getLogger("credit_middleware.litellm")
-
-_KNOWN_CALL_TYPES = frozenset(c.value for c in CallTypes)
-
-
-def _twins(names: Iterable[str]) -> frozenset[str]:
-    """Each call type with its sync/async twin (``image_generation``/``aimage_generation``):
-    the proxy names some calls one way before the call and the other way after it."""
-    out: set[str] = set()
-    for name in names:
-        out |= {name, "a" + name}
-        if name.startswith("a"):
-            out.add(name[1:])
-    return frozenset(out)
 
 
 class CreditProxyHook(ProxySettlement):
@@ -74,12 +53,14 @@ class CreditProxyHook(ProxySettlement):
 
     Options as for :class:`~credit_middleware.integrations.litellm.CreditedLLM`, plus
     ``identify(user_api_key_dict, data)`` choosing the payer (default :func:`key_owner`);
-    ``router``, the ``litellm.Router`` whose deployments price aliases (default: the proxy's);
+    ``router``, the ``litellm.Router`` whose deployments and fallbacks price a call (default:
+    the proxy's);
     ``unowned_account``, the account billed for keys that name no user (master key included),
     which are refused with 401 without it; ``free_call_types``, call types served without
     billing (e.g. ``{"afile_list"}``); ``unknown_call_types`` (``"refuse"``, or ``"free"`` to
     serve call types this library does not know unbilled); ``max_audio_seconds``, the audio
-    length a transcription or speech hold covers; ``auto_migrate`` (create the ledger's schema
+    length a transcription hold covers when the file's own length cannot be read, and the
+    most a speech hold assumes; ``auto_migrate`` (create the ledger's schema
     on first use instead of refusing with 503); ``retry_after`` (seconds, on a 503) and
     ``balance_header`` (the remaining-credit response header).
     """
@@ -123,7 +104,7 @@ class CreditProxyHook(ProxySettlement):
         self.identify = identify
         self.router = router
         self.unowned_account = unowned_account
-        self.free_call_types = _twins(free_call_types)
+        self.free_call_types = twins(free_call_types)
         self.unknown_call_types = unknown_call_types
         self.max_audio_seconds = max_audio_seconds
         self.auto_migrate = auto_migrate
@@ -163,22 +144,6 @@ class CreditProxyHook(ProxySettlement):
         headers = {"Retry-After": str(self.retry_after)}
         return CreditRefusal(503, "credits_unavailable", message, headers=headers)
 
-    def _gate(self, call_type: str) -> Kind | None:
-        """The kind to meter, None to serve free; raises for a call type nobody allowed."""
-        if call_type in self.free_call_types:
-            return None
-        kind = kind_of(call_type)
-        if kind is not None:
-            return kind
-        if call_type not in _KNOWN_CALL_TYPES and self.unknown_call_types == "free":
-            return None
-        raise CreditRefusal(
-            400,
-            "call_type_not_billable",
-            f"{call_type!r} calls are not billed by this proxy's credit hook, so they are"
-            " refused; the operator can list them in free_call_types to serve them free",
-        )
-
     async def _ensure_schema(self) -> None:
         if self._schema_ok:
             return
@@ -200,22 +165,19 @@ class CreditProxyHook(ProxySettlement):
             raise self._unavailable(f"credit ledger unavailable: {exc.detail}") from None
         self._schema_ok = True
 
-    def _price(self, kind: Kind, model: str, data: Mapping[str, Any]) -> tuple[Worst, str, Any]:
-        """The worst case over the deployments the router may pick for ``model``."""
-        worst: tuple[Worst, str, Any] | None = None
-        for name, pricing in deployments(self.router or proxy_router(), model):
-            w = worst_case(
-                self.meter, kind, name, data, pricing, max_audio_seconds=self.max_audio_seconds
-            )
-            if worst is None or w.usd > worst[0].usd:
-                worst = (w, name, pricing)
-        assert worst is not None
-        return worst
-
     async def async_pre_call_hook(
         self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: str
     ) -> dict[str, Any] | None:
-        kind = self._gate(str(getattr(call_type, "value", call_type)))  # a CallTypes or a str
+        name = str(getattr(call_type, "value", call_type))  # a CallTypes or a str
+        try:
+            return await self._hold(user_api_key_dict, data, name)
+        except CreditRefusal as refusal:
+            raise refusal.for_route(name) from None
+
+    async def _hold(
+        self, user_api_key_dict: Any, data: dict[str, Any], call_type: str
+    ) -> dict[str, Any] | None:
+        kind = gate(call_type, data, free=self.free_call_types, unknown=self.unknown_call_types)
         if kind is None:
             return data
         await self._ensure_schema()
@@ -233,17 +195,31 @@ class CreditProxyHook(ProxySettlement):
         request_id = data.get("litellm_call_id")
         if not isinstance(request_id, str) or not request_id:
             request_id = data["litellm_call_id"] = str(uuid.uuid4())
+        if self._open(request_id):
+            raise CreditRefusal(
+                409,
+                "call_id_in_use",
+                f"a call with id {request_id!r} (x-litellm-call-id) is already in flight",
+            )
+        worst, priced = dearest(  # refuses what nothing prices
+            self.meter,
+            self.router or proxy_router(),
+            kind,
+            model,
+            data,
+            max_audio_seconds=self.max_audio_seconds,
+        )
         try:
-            worst, priced, pricing = self._price(kind, model, data)
             call = await self.meter.begin(
                 who,
-                model=priced,
+                model=priced.model,
                 prompt_tokens=worst.prompt_tokens,
                 max_tokens=worst.max_tokens,
                 request_id=request_id,
-                pricing=pricing,
+                pricing=priced.pricing,
                 estimate=(worst.usd, worst.source),
                 kind=kind,
+                basis=worst.basis,
             )
         except InsufficientCredits as exc:
             raise CreditRefusal(
@@ -255,8 +231,6 @@ class CreditProxyHook(ProxySettlement):
                 available=exc.available,
                 tier=exc.tier,
             ) from None
-        except UnknownModelPrice as exc:
-            raise CreditRefusal(400, "unknown_model_price", str(exc)) from None
         except BackendUnavailable as exc:
             raise self._unavailable(f"credit ledger unavailable: {exc.detail}") from None
         except CreditError as exc:
@@ -294,6 +268,7 @@ class CreditProxyHook(ProxySettlement):
     async def aclose(self) -> None:
         """Finish settlements, then close the ledger and Redis client ``from_url()`` built."""
         await self.drain()
+        await self.meter.outbox.close()
         ledger, client = self._owned
         if ledger is not None:
             await ledger.close()

@@ -1,13 +1,16 @@
-"""Who pays for a proxied call, which deployment it goes to, and how a refusal reaches the client.
+"""Who pays for a proxied call, and how a refusal reaches the client.
 
 A refusal is raised as LiteLLM's own ``ProxyException`` (the proxy answers it as OpenAI's error
 body, so the openai SDK shows its message, type and code, and the proxy passes its headers,
 ``Retry-After`` included); a plain ``HTTPException`` would reach the SDK as a generic error with
-our fields nested deep.
+our fields nested deep. ``/v1/messages`` answers Anthropic's error envelope instead, built from
+the exception's message unless that message already is such an envelope (as JSON): so a
+refusal there carries its envelope, with our type, code and figures, in its message.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -16,35 +19,13 @@ from litellm.proxy._types import ProxyException
 
 from ..identity import Identity
 
-__all__ = [
-    "CreditRefusal",
-    "Identify",
-    "deployments",
-    "end_user",
-    "in_proxy",
-    "key_owner",
-    "proxy_router",
-]
+__all__ = ["CreditRefusal", "Identify", "end_user", "in_proxy", "key_owner"]
 
 #: Who pays for a proxied call: an identity (or account id), or None when nobody can be named.
 Identify = Callable[[Any, Mapping[str, Any]], "Identity | str | None"]
 
 #: The user id LiteLLM puts on master-key traffic (``LITELLM_PROXY_ADMIN_NAME``): never a payer.
 _PROXY_ADMIN = "default_user_id"
-
-#: Deployment settings that change what LiteLLM charges for a call.
-PRICE_KEYS = (
-    "input_cost_per_token",
-    "output_cost_per_token",
-    "input_cost_per_second",
-    "output_cost_per_second",
-    "input_cost_per_character",
-    "output_cost_per_image",
-    "input_cost_per_pixel",
-    "output_cost_per_image_token",
-    "input_cost_per_query",
-    "custom_llm_provider",
-)
 
 
 class CreditRefusal(ProxyException):
@@ -70,6 +51,16 @@ class CreditRefusal(ProxyException):
         body["code"] = self.kind
         body.update(self.fields)
         return body
+
+    def for_route(self, call_type: str) -> CreditRefusal:
+        """This refusal as the route answers it: Anthropic's envelope on ``/v1/messages``."""
+        if call_type not in ("anthropic_messages", "aanthropic_messages"):
+            return self
+        error = {"type": self.kind, "code": self.kind, "message": self.message, **self.fields}
+        envelope = json.dumps({"type": "error", "error": error})
+        refusal = CreditRefusal(self.status_code, self.kind, envelope, headers=dict(self.headers))
+        refusal.fields = dict(self.fields)
+        return refusal
 
 
 def _user(user_api_key_dict: Any) -> str | None:
@@ -102,36 +93,3 @@ def end_user(user_api_key_dict: Any, data: Mapping[str, Any]) -> Identity | None
 def in_proxy() -> bool:
     """True inside a LiteLLM proxy process (its server module is loaded)."""
     return "litellm.proxy.proxy_server" in sys.modules
-
-
-def proxy_router() -> Any:
-    """The proxy's router (``llm_router``), or None outside the proxy or before it started."""
-    module = sys.modules.get("litellm.proxy.proxy_server")
-    return getattr(module, "llm_router", None) if module is not None else None
-
-
-def deployments(router: Any, model: str) -> list[tuple[str, dict[str, Any]]]:
-    """``(model LiteLLM calls, its pricing)`` for each deployment the router may send a call
-    for ``model`` (a ``model_name``, often an alias) to: its ``litellm_params.model`` (or
-    ``model_info.base_model``), with the deployment's own prices. Just ``model`` when the
-    router has no deployment by that name (a wildcard route, or no router)."""
-    found: list[Any] = []
-    if router is not None:
-        try:
-            found = list(router.get_model_list(model_name=model) or [])
-        except Exception:
-            found = []
-    out: list[tuple[str, dict[str, Any]]] = []
-    for deployment in found:
-        params = deployment.get("litellm_params") or {}
-        info = deployment.get("model_info") or {}
-        name = info.get("base_model") or params.get("model")
-        if not isinstance(name, str) or not name:
-            continue
-        pricing = {
-            k: params[k] if params.get(k) is not None else info.get(k)
-            for k in PRICE_KEYS
-            if params.get(k) is not None or info.get(k) is not None
-        }
-        out.append((name, pricing))
-    return out or [(model, {})]

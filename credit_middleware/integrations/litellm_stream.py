@@ -45,18 +45,26 @@ def _text_of(chunks: list[Any]) -> str:
 class _Tally:
     """The chunks seen so far and the one settlement of the call's hold."""
 
-    def __init__(self, meter: Meter, call: MeteredCall) -> None:
+    def __init__(self, meter: Meter, call: MeteredCall, served: Any = None) -> None:
         self.meter = meter
         self.call = call
+        #: the deployment that answered (a ``Deployment``: ``model``, ``pricing``), if known
+        self.model: str = getattr(served, "model", None) or call.model
+        self.pricing: Any = getattr(served, "pricing", None) or call.pricing
         self.chunks: list[Any] = []
         self.settled = False
         self.receipt: Receipt | None = None
 
     async def settle(self, outcome: str) -> None:
+        """Settle once; never raises for the ledger (a stream must end cleanly for its
+        reader): a settlement the ledger cannot take now is kept and lands later."""
         if self.settled:
             return
         self.settled = True
-        self.receipt = await self.meter.shielded(self._settle(outcome))
+        try:
+            self.receipt = await self.meter.shielded(self._settle(outcome))
+        except Exception:
+            log.exception("settling LLM stream %s failed", self.call.request_id)
 
     def settle_later(self, outcome: str) -> None:
         if not self.settled:
@@ -76,7 +84,7 @@ class _Tally:
             lm = self.meter.litellm
             try:
                 completion = int(
-                    lm.token_counter(model=self.call.model, text=text, count_response_tokens=True)
+                    lm.token_counter(model=self.model, text=text, count_response_tokens=True)
                 )
             except Exception:
                 completion = 0
@@ -91,7 +99,7 @@ class _Tally:
         prompt, completion, usage = self.usage()
         cost: Decimal
         try:
-            cost, source = meter.price(call.model, prompt, completion, call.pricing, usage)
+            cost, source = meter.price(self.model, prompt, completion, self.pricing, usage)
         except Exception:
             log.warning("no price for stream %s: charging its estimate", call.request_id)
             cost, source = call.estimate_usd, "estimate"
@@ -102,6 +110,7 @@ class _Tally:
             completion_tokens=completion,
             source=source,
             outcome=outcome,
+            served=self.model if self.model != call.model else None,
         )
 
 
