@@ -273,9 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("history", parents=[common], help="an account's entries, newest first")
     p.add_argument("account")
     p.add_argument("--limit", type=int, default=50, help="how many (pages through beyond 1000)")
-    p.add_argument(
-        "--before", type=entry_id, default=None, help="entries older than this entry id"
-    )
+    p.add_argument("--before", type=entry_id, default=None, help="entries older than this entry id")
     p = sub.add_parser("grant", parents=[common], help="add credits to an account")
     p.add_argument("account")
     p.add_argument("amount", help="credits, e.g. 10 or 2.5")
