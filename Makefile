@@ -16,8 +16,18 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-demo: $(STAMP)
-	$(PY) examples/demo.py
+# The walkthrough needs only the package with its jwt and prometheus extras, and httpx: it gets
+# a throw-away environment of exactly that (removed at the end), not the development one.
+DEMO_PACKAGES := '.[jwt,prometheus]' httpx
+
+demo:
+	@env=$$(mktemp -d "$${TMPDIR:-/tmp}/credit-demo-env.XXXXXX") && trap 'rm -rf "$$env"' EXIT && \
+	  echo "installing the package and what the walkthrough needs into a throw-away environment" && \
+	  $(PYTHON) -m venv "$$env" && \
+	  "$$env/bin/python" -m pip install --quiet --disable-pip-version-check -c constraints.txt $(DEMO_PACKAGES) && \
+	  "$$env/bin/python" -m pip list --format=freeze 2>/dev/null | grep -vc '^\(pip\|setuptools\)==' | \
+	    xargs printf "%s packages installed\n\n" && \
+	  "$$env/bin/python" examples/demo.py
 
 services:
 	@bash .ci/services
