@@ -103,8 +103,10 @@ def test_install_lines_name_the_package_and_its_extras() -> None:
     installs = re.findall(r"pip install '?credit-middleware(?:\[([a-z,-]+)\])?'?", README)
     assert "" in installs, "no install line for the package itself"
     named = {e for group in installs for e in group.split(",") if e}
-    assert {"jwt", "postgres", "redis", "litellm", "prometheus", "all"} <= named
+    assert {"jwt", "postgres", "redis", "all"} <= named  # the one line needs jwt
     assert named <= extras, f"README names extras pyproject lacks: {named - extras}"
+    table = set(re.findall(r"^\| `([a-z-]+)` \| [^|]+ \| [^|]+ \|$", README, flags=re.M))
+    assert table == extras - {"all"}, "the extras table and pyproject's extras differ"
 
 
 def test_links_are_absolute_for_the_package_page() -> None:
