@@ -51,10 +51,15 @@ MYPY_CACHE_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/credit-middleware/mypy
 typecheck: $(STAMP)
 	MYPY_CACHE_DIR='$(MYPY_CACHE_DIR)' $(VENV)/bin/mypy
 
-# The suite runs on every core (pytest-xdist; tests/conftest.py says what keeps a test safe
-# there). The ceiling turns a hang (a stray non-daemon thread, a dead peer) into a failure
-# instead of a stalled CI. PYTEST_WORKERS=0 runs serially.
-PYTEST_WORKERS ?= auto
+# The suite runs in parallel (pytest-xdist; tests/conftest.py says what keeps a test safe
+# there), two workers a core: it waits more than it computes (serially 92 s of CPU in 224 s).
+# On the 2-core machine, at load 2-8 from other work, 4 workers took 142, 176 and 280 s and 2
+# workers 174, 187 and 239 s (pairs run back to back); serially it took 224 s (load 2-4), about
+# the 223 s of a quiet machine. PYTEST_WORKERS=0 runs serially.
+# The ceiling turns a hang (a stray non-daemon thread, a dead peer) into a failure instead of a
+# stalled CI: 1200 s, 4-8x a parallel run; the busiest run seen, on Python 3.10 at load 8,
+# took 398 s.
+PYTEST_WORKERS ?= $(shell echo $$(( 2 * $$(nproc 2>/dev/null || echo 1) )))
 PYTEST_TIMEOUT ?= 1200
 
 # Runs pytest under the ceiling and says how much of it the run took.
