@@ -121,3 +121,27 @@ def test_links_are_absolute_for_the_package_page() -> None:
         if target.startswith(source + "/"):
             path = re.sub(r"^/(blob|raw)/main/", "", target[len(source) :]).split("#")[0]
             assert path == "" or (ROOT / path).exists(), f"links a file that is not here: {target}"
+
+
+@pytest.mark.anyio
+async def test_a_token_without_exp_or_sub_is_refused_as_the_readme_says() -> None:
+    """The README says ``exp`` and ``sub`` are required (not merely checked when present)."""
+    import time
+
+    import jwt
+
+    from credit_middleware import InvalidCredentials, JWTResolver
+
+    assert "`exp` and `sub` required" in README
+    secret = "s" * 32
+    resolver = JWTResolver(secret=secret)
+
+    def scope(claims: dict[str, Any]) -> dict[str, Any]:
+        token = jwt.encode(claims, secret, algorithm="HS256")
+        return {"type": "http", "headers": [(b"authorization", f"Bearer {token}".encode())]}
+
+    soon = int(time.time()) + 600
+    assert await resolver.resolve(scope({"sub": "ann", "exp": soon})) is not None
+    for claims in ({"sub": "ann"}, {"exp": soon}):
+        with pytest.raises(InvalidCredentials):
+            await resolver.resolve(scope(claims))
