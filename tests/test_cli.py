@@ -273,7 +273,14 @@ def test_unknown_accounts_are_one_error_everywhere(
     sqlite_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     js(capsys, "migrate", "--database-url", sqlite_url)
-    for command in (("balance", "ghost"), ("history", "ghost"), ("refund", "ghost", "1")):
+    for command in (
+        ("balance", "ghost"),
+        ("history", "ghost"),
+        ("refund", "ghost", "1"),
+        ("tier", "ghost", "pro"),
+        ("purchase", "ghost", "5", "--key", "p-1"),
+        ("grant", "ghost", "5"),
+    ):
         code, out = run(capsys, *command, "--database-url", sqlite_url)
         assert (code, out.strip()) == (2, "error: no credit account 'ghost'"), command
 
