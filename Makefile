@@ -53,12 +53,12 @@ typecheck: $(STAMP)
 
 # The suite runs in parallel (pytest-xdist; tests/conftest.py says what keeps a test safe
 # there), two workers a core: it waits more than it computes (serially 92 s of CPU in 224 s).
-# On the 2-core machine, at load 2-8 from other work, 4 workers took 142, 176 and 280 s and 2
-# workers 174, 187 and 239 s (pairs run back to back); serially it took 224 s (load 2-4), about
-# the 223 s of a quiet machine. PYTEST_WORKERS=0 runs serially.
+# On the 2-core machine, at load 2-8 from other work, 4 workers took 136, 142, 176 and 280 s
+# and 2 workers 168, 174, 187 and 239 s (pairs run back to back); serially it took 224 s (load
+# 2-4), about the 223 s of a quiet machine. PYTEST_WORKERS=0 runs serially.
 # The ceiling turns a hang (a stray non-daemon thread, a dead peer) into a failure instead of a
-# stalled CI: 1200 s, 4-8x a parallel run; the busiest run seen, on Python 3.10 at load 8,
-# took 398 s.
+# stalled CI: 1200 s, 4-9x a parallel run (a fresh clone's CI=true .ci/run: 161 s, and 150 s on
+# Python 3.10); the busiest run seen, on Python 3.10 at load 8, took 398 s.
 PYTEST_WORKERS ?= $(shell echo $$(( 2 * $$(nproc 2>/dev/null || echo 1) )))
 PYTEST_TIMEOUT ?= 1200
 
