@@ -37,8 +37,9 @@ def _ignored(path: str) -> bool:
 
 def test_ci_runs_the_targets_that_write_only_ignored_results() -> None:
     run = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
-    targets = re.findall(r"^step make ([\w-]+)$", run, flags=re.M)
-    assert targets == ["test", "test-lowest-python", "chaos-ci", "bench-ci"]
+    targets = re.findall(r"\bmake ([\w-]+)", run)
+    assert {"test", "test-lowest-python", "chaos-ci", "bench-ci"} <= set(targets)
+    assert not {"bench", "chaos", "lock"} & set(targets)  # they write tracked files
 
     (bench,) = [c for c in _commands("bench-ci") if "benchmarks.run" in c]
     out = re.search(r"--out (\S+)", bench)
