@@ -8,6 +8,12 @@ spread of repeated runs on a busy machine (benchmarks/README.md gives the runs i
 it catches a real regression (an extra round trip, a per-request task, twice the CPU), not a
 noisy neighbour. Where the target itself (DESIGN.md, issue 13) is not met yet, the bar guards
 today's level instead, and says so in ``why``.
+
+The 50 ms ceiling is an absolute figure, but still an overhead over the bare app measured in
+the same round. A busy neighbour can still push one variant's p99 over it (62 ms was seen beside
+other work, 13 ms inside CI on the same tree): a ceiling that fails is measured once more
+(``run.py``: the bare app and that variant again, c=1, all rounds) and fails the run only if the
+second measurement fails too. Both figures are reported; a real regression fails twice.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BARS", "Bar", "evaluate", "failures"]
+__all__ = ["BARS", "Bar", "ceiling_failures", "evaluate", "failures"]
 
 CEILING_MS = 50.0
 
@@ -31,6 +37,8 @@ class Bar:
     goal: str
     value: Callable[[dict[str, Any]], float]
     why: str
+    #: the variant of an absolute ceiling, measured once more if it fails (None: no retry)
+    retried: str | None = None
 
 
 def _variant(results: dict[str, Any], name: str) -> dict[str, Any]:
@@ -40,6 +48,10 @@ def _variant(results: dict[str, Any], name: str) -> dict[str, Any]:
 
 def _p99_ms(name: str) -> Callable[[dict[str, Any]], float]:
     def get(results: dict[str, Any]) -> float:
+        retry = results.get("ceiling_retry", {}).get(name)
+        if retry is not None:  # measured again because the first figure failed: that one counts
+            value = retry.get("p99_overhead_ms")
+            return math.nan if value is None else float(value)
         p99 = (_variant(results, name).get("c1_overhead_us") or {}).get("p99")
         return math.nan if p99 is None else float(p99) / 1000
 
@@ -76,7 +88,7 @@ def _count(name: str, key: str) -> Callable[[dict[str, Any]], float]:
 BARS: tuple[Bar, ...] = (
     *(
         Bar(f"{name} c=1 p99 overhead", "ms", CEILING_MS, "<=", _p99_ms(name),
-            "the seed system's promise")
+            "the seed system's promise; measured once more before it fails", name)
         for name in ("cm_embedded", "cm_pg_hot", "cm_pg_cold")
     ),
     Bar("cm_pg_hot / floor, c=1 p50 overhead", "x", 4.0, "<=",
@@ -130,6 +142,11 @@ def evaluate(results: dict[str, Any], bars: tuple[Bar, ...] = BARS) -> dict[str,
             over = value - bar.limit if bar.goal == "<=" else bar.limit - value
             check["result"] = "FAIL" if over > 0 else "pass"
             check["over_by"] = over  # > 0: how far past the bar; <= 0: the margin left
+        if bar.retried is not None:
+            check["variant"] = bar.retried
+            retry = results.get("ceiling_retry", {}).get(bar.retried)
+            if retry is not None:
+                check["first_value"] = retry.get("first_p99_overhead_ms")
         checks.append(check)
     return {"passed": all(c["result"] != "FAIL" for c in checks), "checks": checks}
 
@@ -145,8 +162,20 @@ def describe(check: dict[str, Any]) -> str:
     how = (
         f"over by {over:.2f}{unit} ({share:.0f}%)" if over > 0 else f"margin {abs(over):.2f}{unit}"
     )
-    return f"{head}, measured {check['value']:.2f}{unit}: {check['result']}, {how}"
+    again = ""
+    if check.get("first_value") is not None:
+        again = f" (measured again: the first run's {check['first_value']:.2f}{unit} failed)"
+    return f"{head}, measured {check['value']:.2f}{unit}{again}: {check['result']}, {how}"
 
 
 def failures(gate: dict[str, Any]) -> list[str]:
     return [describe(c) for c in gate["checks"] if c["result"] == "FAIL"]
+
+
+def ceiling_failures(gate: dict[str, Any]) -> list[str]:
+    """The variants whose absolute ceiling failed and was not measured again yet."""
+    return [
+        c["variant"]
+        for c in gate["checks"]
+        if c["result"] == "FAIL" and c.get("variant") and c.get("first_value") is None
+    ]

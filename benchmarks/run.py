@@ -6,10 +6,10 @@ uvicorn process and is loaded from a separate process: one connection (per-reque
 under load, measured from each request's intended send time). Overheads are differences
 against the bare app in the same round; the figures reported are medians over rounds.
 
-Exit status: 1 if a bar of ``gate.py`` fails (the 50 ms p99 ceiling, or a ratio between two
-variants of this run, or a round-trip count), each failure named on stderr with how far past
-its bar it is; 2 if a full run itself broke (a CI run that breaks says so and exits 0: only the
-bars may fail CI); 0 otherwise.
+Exit status: 1 if a bar of ``gate.py`` fails (the 50 ms p99 ceiling, measured once more before
+it fails; or a ratio between two variants of this run, or a round-trip count), each failure
+named on stderr with how far past its bar it is; 2 if a full run itself broke (a CI run that
+breaks says so and exits 0: only the bars may fail CI); 0 otherwise.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 from . import extras, gate, harness, report
 from .cm_apps import CM_VARIANTS
 from .common import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, WORK_PATH, BenchEnv
-from .stats import overhead, summary
+from .stats import median, overhead, summary
 
 N_USERS = 64  # users per fixed-user variant, > the 32 connections: no row is contended
 
@@ -229,6 +229,36 @@ class Bench:
                 print(f"  round {rnd} {v.name:<16} {time.monotonic() - t0:5.1f}s")
             self.rounds.append(self.overheads(this_round))
 
+    def recheck(self, names: list[str], first: dict[str, float]) -> dict[str, Any]:
+        """Measure c=1 again for ``names`` (ceilings that failed), each round beside the bare
+        app, all rounds: a busy neighbour's spike rarely lasts that long, a regression does."""
+        p = self.profile
+        wanted = [v for v in VARIANTS if v.name == "bare" or v.name in names]
+        per_round: dict[str, list[float]] = {n: [] for n in names}
+        for rnd in range(1, p.rounds + 1):
+            got: dict[str, Any] = {}
+            for v in wanted:
+                if self.status[v.name] != "ok":
+                    continue
+                c1_only = [ph for ph in phases(v, p, {}) if ph["name"] in ("warmup", "c1")]
+                out = self.serve_and_load(v, c1_only, 100 + rnd)  # new cold users too
+                if out is not None:
+                    got[v.name] = summary(out["c1"]["lat_us"])
+            for n in names:
+                if "bare" in got and n in got:
+                    per_round[n].append(overhead(got[n], got["bare"])["p99"] / 1000)
+            print(f"  recheck round {rnd}: " + ", ".join(
+                f"{n} {per_round[n][-1]:.2f} ms" for n in names if per_round[n]))  # fmt: skip
+        return {
+            n: {
+                "p99_overhead_ms": median(per_round[n]),
+                "first_p99_overhead_ms": first[n],
+                "rounds_ms": per_round[n],
+                "load_average": harness.loadavg(),
+            }
+            for n in names
+        }
+
     def digest(self, v: Variant, out: dict[str, Any]) -> dict[str, Any]:
         res: dict[str, Any] = {"thr_rps": out["thr"]["rps"], "status": {}}
         for ph, data in out.items():
@@ -289,6 +319,19 @@ def main(argv: list[str] | None = None) -> int:
             bench.run()
             inproc = bench.inproc()
             ext = extras.collect(args.mode == "ci", bench.workdir)
+            mach["load_average_at_end"] = harness.loadavg()
+            results = report.assemble(bench, mach, inproc, ext, started, VARIANTS)
+            results["ci_gate"] = gate.evaluate(results)
+            again = gate.ceiling_failures(results["ci_gate"])
+            if again:
+                first = {
+                    c["variant"]: c["value"]
+                    for c in results["ci_gate"]["checks"]
+                    if c.get("variant") in again
+                }
+                print(f"over the {gate.CEILING_MS:g} ms ceiling: {', '.join(again)}; once more")
+                results["ceiling_retry"] = bench.recheck(again, first)
+                results["ci_gate"] = gate.evaluate(results)
         except Exception:
             traceback.print_exc()
             if args.mode == "ci":  # only the 50 ms bar may fail CI, not the harness itself
@@ -298,9 +341,6 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         finally:
             bench.cleanup()
-    mach["load_average_at_end"] = harness.loadavg()
-    results = report.assemble(bench, mach, inproc, ext, started, VARIANTS)
-    results["ci_gate"] = gate.evaluate(results)
     report.write_all(results, bench.samples, Path(args.out))
     print(report.table(results))
     if not results["ci_gate"]["passed"]:

@@ -61,8 +61,9 @@ def to_json(fig: Figures, faults: list[Fault], run: dict[str, Any]) -> dict[str,
 
 
 def write(result: dict[str, Any], name: str = "latest.json") -> Path:
-    RESULTS.mkdir(exist_ok=True)
+    """Write ``name`` under chaos/results/ (``ci/latest.json``: CI's own, ignored by git)."""
     path = RESULTS / name
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, sort_keys=False) + "\n")
     return path
 

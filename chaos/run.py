@@ -42,7 +42,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rate-limit", default="120/minute;2000/day")
     p.add_argument("--faults", default=",".join(NAMES), help="which, comma-separated (all)")
     p.add_argument("--mix", default="echo=0.85,chat=0.10,missing=0.05", help="route shares")
-    p.add_argument("--out", default="latest.json", help="file name in chaos/results/")
+    p.add_argument(
+        "--out",
+        default="latest.json",
+        help="file under chaos/results/: latest.json is the committed report, ci/ CI's (ignored)",
+    )
     p.add_argument("--dump", type=Path, help="also write every attempt here (JSON lines)")
     return p.parse_args(argv)
 

@@ -1,7 +1,9 @@
 """``credit-middleware``: migrate, balance, history, grant, purchase, tier, refund, verify, report.
 
 Every command but ``migrate`` works on an existing ledger only: it never creates a database
-(a SQLite file that does not exist is refused, not made) and never upgrades one silently.
+(a SQLite file that does not exist is refused, not made) and never upgrades one silently. Every
+command that names an account refuses one that does not exist (exit 2), except ``grant
+--create``. Bad input is a usage error (exit 2), never a traceback.
 """
 
 from __future__ import annotations
@@ -15,14 +17,35 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from . import __version__
 from ._cli_db import check_schema, database_url
-from .errors import CreditError
+from .errors import AccountNotFound, CreditError
 from .ledger import Ledger, Receipt, TierChange
 from .middleware import TIER_TTL
 
 _PAGE = 1000  # the ledger's largest page; --limit beyond it pages through
 _DURATION = re.compile(r"^(\d{1,6})([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_MAX_ID = 2**63 - 1  # entry ids are 64-bit signed integers in both databases
+
+# --help is read in a terminal: plain text, no reST markup
+_DESCRIPTION = """\
+Operate a credit-middleware ledger: migrate it, read balances and history, grant, purchase,
+refund, change tiers, verify the invariants and report usage.
+
+Every command but migrate works on an existing, migrated ledger only: it never creates a
+database and never upgrades one silently. A command that names an account refuses one that
+does not exist (exit 2), except grant --create.
+"""
+_EPILOG = """\
+examples:
+  credit-middleware migrate --database-url postgresql://app@db/app
+  credit-middleware grant alice 10 --create --expires-in 30d --key order-77
+  credit-middleware balance alice --json
+  credit-middleware history alice --limit 20
+
+exit status: 0 done, 1 verify found a discrepancy, 2 bad input or a refused command.
+"""
 
 
 def parse_duration(text: str) -> timedelta:
@@ -33,6 +56,17 @@ def parse_duration(text: str) -> timedelta:
     value = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
     if value <= timedelta(0):
         raise argparse.ArgumentTypeError("the duration must be positive")
+    return value
+
+
+def entry_id(text: str) -> int:
+    """An entry id: a whole number from 1 to 2**63 - 1 (a larger one cannot exist)."""
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an entry id (a whole number)") from None
+    if not 1 <= value <= _MAX_ID:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an entry id (1 to {_MAX_ID})")
     return value
 
 
@@ -96,6 +130,8 @@ async def _balance(ledger: Ledger, args: argparse.Namespace) -> int:
 async def _history(ledger: Ledger, args: argparse.Namespace) -> int:
     if not 1 <= args.limit <= 1_000_000:
         raise ValueError("--limit must be between 1 and 1000000")
+    if await ledger.get_account(args.account) is None:  # as balance does: not "no entries"
+        raise AccountNotFound(args.account)
     entries: list[Any] = []
     before = args.before
     while len(entries) < args.limit:  # the ledger serves pages of at most 1000, newest first
@@ -222,7 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="ledger database (default: $CREDIT_DATABASE_URL, then an existing ./credits.db)",
     )
     common.add_argument("--json", action="store_true", help="machine-readable output")
-    parser = argparse.ArgumentParser(prog="credit-middleware", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="credit-middleware",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("migrate", parents=[common], help="create or upgrade the schema")
@@ -231,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("history", parents=[common], help="an account's entries, newest first")
     p.add_argument("account")
     p.add_argument("--limit", type=int, default=50, help="how many (pages through beyond 1000)")
-    p.add_argument("--before", type=int, default=None, help="entries older than this entry id")
+    p.add_argument("--before", type=entry_id, default=None, help="entries older than this entry id")
     p = sub.add_parser("grant", parents=[common], help="add credits to an account")
     p.add_argument("account")
     p.add_argument("amount", help="credits, e.g. 10 or 2.5")
@@ -258,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("refund", parents=[common], help="return credits to an account")
     p.add_argument("account")
     p.add_argument("amount")
-    p.add_argument("--entry", type=int, default=None, help="the charge being refunded")
+    p.add_argument("--entry", type=entry_id, default=None, help="the charge being refunded")
     p.add_argument("--key", default=None, help="idempotency key")
     sub.add_parser(
         "verify", parents=[common], help="check the ledger's invariants (exit 1 if broken)"

@@ -12,6 +12,12 @@ that the eager layers (``signup``, ``webhook``) did not reach and a later one (`
 ``litellm``) provisioned: the failures the system recovered from, plus users created outside
 signup. The failed attempts themselves are counted by the metrics
 (``credit_provisioning_total{outcome="failed"}``).
+
+A trial counts as *denied* only where the policy refused it (the account records why, in
+``metadata.trial_denied``) and no trial was granted later; an account an operator opened
+(``grant --create``, the admin API) was never offered a trial and is not a refusal. The cohort
+table likewise counts only accounts the trial policy decided on, so credits an operator sold to
+such an account are not a trial's conversion.
 """
 
 from __future__ import annotations
@@ -34,15 +40,18 @@ FALLBACK_LAYERS = ("request", "litellm")
 NO_COHORT = "(none)"
 _MIN_US, _MAX_US = -(2**62), 2**62
 _CONSUMING = "('debit','capture')"
-_PROVISIONED_BY = {
-    "postgresql": "(a.metadata::jsonb ->> 'provisioned_by')",
-    "sqlite": "json_extract(a.metadata, '$.provisioned_by')",
+_META = {
+    "postgresql": "(a.metadata::jsonb ->> '{key}')",
+    "sqlite": "json_extract(a.metadata, '$.{key}')",
 }
+# An account the trial policy decided on: granted a trial, or refused one (and told why).
+_DECIDED = "(t.grant_id IS NOT NULL OR {denied} IS NOT NULL)"
 
 # One pass over the accounts created in the period, with their trial grant if any.
 _ACCOUNTS = """
 SELECT COALESCE({by}, t.layer, 'unknown') AS layer, a.created_at / {day} AS day,
-       COUNT(*) AS n, COUNT(t.grant_id) AS trials
+       COUNT(*) AS n, COUNT(t.grant_id) AS trials,
+       SUM(CASE WHEN t.grant_id IS NULL AND {denied} IS NOT NULL THEN 1 ELSE 0 END) AS denied
 FROM credit_accounts a
 LEFT JOIN credit_grants t ON t.account_id = a.account_id AND t.source = 'trial'
 WHERE a.created_at >= $1 AND a.created_at < $2
@@ -74,7 +83,8 @@ SELECT 'active', NULL, COUNT(*) FROM u
 UNION ALL
 SELECT 'cohort', COALESCE(a.cohort, '{NO_COHORT}'), SUM(u.used)
 FROM u JOIN credit_accounts a ON a.account_id = u.account_id
-WHERE a.created_at >= $1 AND a.created_at < $2
+LEFT JOIN credit_grants t ON t.account_id = a.account_id AND t.source = 'trial'
+WHERE a.created_at >= $1 AND a.created_at < $2 AND {{decided}}
 GROUP BY COALESCE(a.cohort, '{NO_COHORT}')
 """
 # Per trial cohort, over the accounts created in the period. "Exhausted" = the trial grant was
@@ -90,7 +100,7 @@ LEFT JOIN (SELECT DISTINCT grant_id FROM credit_entries WHERE kind = 'expire') x
     ON x.grant_id = t.grant_id
 LEFT JOIN (SELECT DISTINCT account_id FROM credit_grants WHERE source = 'purchase') p
     ON p.account_id = a.account_id
-WHERE a.created_at >= $1 AND a.created_at < $2
+WHERE a.created_at >= $1 AND a.created_at < $2 AND {{decided}}
 GROUP BY COALESCE(a.cohort, '{NO_COHORT}') ORDER BY 1
 """
 # PostgreSQL: one consistent snapshot for every query, and no JIT (it costs more than it
@@ -144,6 +154,8 @@ class Report:
     generated_at: datetime
     provisioned: dict[str, int] = field(default_factory=dict)
     trials: dict[str, int] = field(default_factory=dict)
+    #: accounts whose trial the policy refused (and that got none later)
+    trials_denied: int = 0
     provisioned_per_day: dict[str, dict[str, int]] = field(default_factory=dict)
     granted_micros: dict[str, int] = field(default_factory=dict)
     consumed_micros: int = 0
@@ -173,7 +185,7 @@ class Report:
             "accounts": self.accounts,
             "provisioned": dict(sorted(self.provisioned.items())),
             "trials": dict(sorted(self.trials.items())),
-            "trials_denied": self.accounts - sum(self.trials.values()),
+            "trials_denied": self.trials_denied,
             "fallback": dict(sorted(self.fallback.items())),
             "fallback_total": sum(self.fallback.values()),
             "provisioned_per_day": self.provisioned_per_day,
@@ -219,7 +231,9 @@ async def build_report(
     hi = dt_to_us(until) if until is not None else _MAX_US
     if lo >= hi:
         raise ValueError("since must be before until")
-    by = _PROVISIONED_BY[ledger.dialect]
+    meta = _META[ledger.dialect]
+    by, denied = meta.format(key="provisioned_by"), meta.format(key="trial_denied")
+    decided = _DECIDED.format(denied=denied)
     begin = _BEGIN[ledger.dialect]
 
     async def read(conn: Conn) -> list[list[Row]]:
@@ -227,11 +241,11 @@ async def build_report(
             await conn.execute(statement)
         try:
             return [
-                await conn.fetch(_ACCOUNTS.format(by=by, day=DAY_US), lo, hi),
+                await conn.fetch(_ACCOUNTS.format(by=by, denied=denied, day=DAY_US), lo, hi),
                 await conn.fetch(_ENTRIES, lo, hi),
                 await conn.fetch(_GRANTED, lo, hi),
-                await conn.fetch(_USAGE, lo, hi, top),
-                await conn.fetch(_COHORTS, lo, hi),
+                await conn.fetch(_USAGE.format(decided=decided), lo, hi, top),
+                await conn.fetch(_COHORTS.format(decided=decided), lo, hi),
             ]
         finally:
             if begin:
@@ -241,10 +255,12 @@ async def build_report(
 
     provisioned: dict[str, int] = {}
     trials: dict[str, int] = {}
+    denied_total = 0
     per_day: dict[str, dict[str, int]] = {}
     for r in sorted(accounts, key=lambda r: (int(r["day"]), str(r["layer"]))):
         layer = str(r["layer"])
         provisioned[layer] = provisioned.get(layer, 0) + int(r["n"])
+        denied_total += int(r["denied"] or 0)
         if int(r["trials"]):
             trials[layer] = trials.get(layer, 0) + int(r["trials"])
         day = per_day.setdefault(_day(r["day"]), {})
@@ -268,6 +284,7 @@ async def build_report(
         generated_at=datetime.fromtimestamp(ledger.now_us() / 1e6, tz=timezone.utc),
         provisioned=provisioned,
         trials=trials,
+        trials_denied=denied_total,
         provisioned_per_day=per_day,
         granted_micros={str(r["source"]): int(r["s"]) for r in granted},
         consumed_micros=totals.get("debit", 0) + totals.get("capture", 0),

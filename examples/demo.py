@@ -6,6 +6,10 @@ identity provider calls a metered route (the lazy layer provisions on the first 
 spends to the end of the balance (402), runs into the rate limit (429), and the ledger is
 printed and verified. The trial here is small (0.01 credits: ten calls at 0.001) so the end
 comes quickly; the library's default is 5.0 credits for 30 days.
+
+It needs the base package with its ``jwt`` and ``prometheus`` extras, and httpx: ``make demo``
+installs exactly that in a throw-away environment. The ledger lives in a temporary folder that
+is removed at the end.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -26,6 +31,8 @@ from credit_middleware import Ledger
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 logging.getLogger("examples.app").setLevel(logging.ERROR)  # the dev-secret warning: known
+# the chat route is not part of the walkthrough: without LiteLLM installed it would warn so
+logging.getLogger("examples.chat").setLevel(logging.ERROR)
 from examples.app import DEV_SECRET, create_app  # noqa: E402
 
 TRIAL = Decimal("0.01")
@@ -37,8 +44,14 @@ def show(label: str, response: httpx.Response, *headers: str) -> None:
 
 
 async def main() -> int:
-    path = os.path.join(tempfile.mkdtemp(prefix="credit-demo-"), "credits.db")
-    url = f"sqlite:///{path}"
+    folder = tempfile.mkdtemp(prefix="credit-demo-")
+    try:
+        return await walkthrough(f"sqlite:///{os.path.join(folder, 'credits.db')}")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def walkthrough(url: str) -> int:
     app = create_app(
         database_url=url, trial_amount=TRIAL, rate_limit="20/minute", jwt_secret=DEV_SECRET
     )

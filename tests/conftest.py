@@ -1,9 +1,36 @@
 """Fixtures shared by every test: real PostgreSQL and Redis, the embedded default beside them.
 
 ``ledger_url`` is parametrised over both backends so the same assertions run on each. Each
-PostgreSQL test gets a schema of its own inside a database made for this run; each Redis test a
-key prefix of its own. Everything is removed afterwards. Without the services the tests skip
-with one loud line, except under CI=true, where they fail.
+PostgreSQL test gets a schema of its own inside a database made for this test process; each
+Redis test a key prefix of its own. Everything is removed afterwards. Without the services the
+tests skip with one loud line, except under CI=true, where they fail.
+
+The suite runs in parallel (``make test``: pytest-xdist, ``-n auto``): several worker
+processes, each its own pytest session, share the machine, the PostgreSQL server and the Redis
+server. A test is safe there when it keeps to these rules:
+
+1. **Session fixtures run once per worker**, not once per run (``pg_database`` makes one
+   database per worker). Nothing may count on being the only session.
+2. **PostgreSQL**: use ``pg_url`` (a schema of the test's own) or ``ledger_url``; never a fixed
+   database or schema name, never DDL outside that schema, and ``pg_terminate_backend`` only on
+   connections the test opened itself.
+3. **Redis**: every key under ``redis_client.test_prefix`` (pass it as ``key_prefix``); never
+   ``FLUSHALL``/``FLUSHDB``, ``CONFIG SET``, ``SCRIPT FLUSH`` or ``CLIENT PAUSE`` on the shared
+   server. A test that stops, kills, pauses or reconfigures a server starts a private one
+   (``tests/_redis_servers.py``, ``chaos.services``) on a free port.
+4. **Ports**: bind port 0 (``free_port()`` in ``_middleware_helpers``); never a fixed port (a
+   closed one for "unreachable" is port 1).
+5. **Files**: only under ``tmp_path`` / ``tmp_path_factory`` (per worker); never the working
+   directory, the checkout or a fixed ``/tmp`` name (``monkeypatch.chdir(tmp_path)`` for a
+   command that writes where it runs).
+6. **Process state** (environment, logging, task factories, ``sys.modules``, module globals):
+   change it through ``monkeypatch`` or restore it in ``finally``: the next test in the worker
+   may be any test.
+7. **Time**: never assert speed. Workers share two cores with the servers, so a step can take
+   seconds: wait on events or poll to a generous deadline, never sleep the expected time.
+8. A test passes alone, in any order and beside any other: ``-p no:xdist`` (or ``-n 0``) runs
+   the suite serially to tell a parallel-only failure from a plain one. Mark a test that takes
+   more than about 5 s ``slow``.
 """
 
 from __future__ import annotations
@@ -69,7 +96,8 @@ def pg_database() -> Iterator[str | None]:
     except ImportError:  # pragma: no cover
         yield None
         return
-    name = f"cm_test_{os.getpid()}_{secrets.token_hex(3)}"
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")  # gw0, gw1, ... under xdist
+    name = f"cm_test_{worker}_{os.getpid()}_{secrets.token_hex(3)}"
 
     async def admin(sql: str) -> None:
         conn = await asyncpg.connect(PG_BASE, timeout=5)

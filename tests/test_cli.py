@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +57,9 @@ def test_grant_balance_history_refund_verify(
         ("grant", "bob", "0.0000001", "--create"),
         ("grant", "nobody", "1"),  # no account and no --create
         ("balance", "nobody"),
+        ("history", "nobody"),  # as balance: an error, not "no entries"
+        ("refund", "nobody", "1"),
+        ("tier", "nobody", "pro"),
         ("grant", "bad\x00id", "1", "--create"),
     ],
 )
@@ -104,14 +108,33 @@ def test_database_url_comes_from_the_environment(
     assert (tmp_path / "env.db").exists()
 
 
-def test_demo_runs_clean() -> None:
+#: what `make demo` does not install: the walkthrough must run without any of it
+NOT_IN_THE_DEMO = (
+    "litellm", "redis", "asyncpg", "databases", "aiosqlite", "fastapi", "openai", "sqlalchemy",
+    "uvicorn", "hypothesis", "selenium", "fastapi_users", "slowapi",
+)  # fmt: skip
+
+
+def test_demo_runs_clean_with_only_what_make_demo_installs(tmp_path: Path) -> None:
+    """The walkthrough on the package, its jwt and prometheus extras and httpx alone (as if
+    nothing else were installed), leaving nothing behind in the temporary folder."""
     demo = Path(__file__).parents[1] / "examples" / "demo.py"
-    proc = subprocess.run(
-        [sys.executable, str(demo)], capture_output=True, text=True, timeout=120, check=False
+    code = (
+        "import runpy, sys\n"
+        f"for name in {NOT_IN_THE_DEMO!r}:\n"
+        "    sys.modules[name] = None  # importing it raises ImportError, as if not installed\n"
+        f"runpy.run_path({str(demo)!r}, run_name='__main__')\n"
     )
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True, text=True, timeout=120, check=False, env=env,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for expected in ("verify: ok", "POST /auth/register                201", " 402 ", " 429 "):
         assert expected in proc.stdout
+    assert proc.stderr == ""  # no warning about what the demo does not use
+    assert list(tmp_path.iterdir()) == []  # its ledger folder is gone
 
 
 def _ledger_with_account(url: str, capsys: pytest.CaptureFixture[str]) -> tuple[str, ...]:
@@ -244,3 +267,65 @@ def test_history_pages_through_beyond_1000(
     assert code == 0 and f"--before {ids[2]}" in text
     older = js(capsys, "history", "alice", "--limit", "2", "--before", str(ids[2]), *db)
     assert [e["entry_id"] for e in older] == ids[3:5]
+
+
+def test_unknown_accounts_are_one_error_everywhere(
+    sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    js(capsys, "migrate", "--database-url", sqlite_url)
+    for command in (
+        ("balance", "ghost"),
+        ("history", "ghost"),
+        ("refund", "ghost", "1"),
+        ("tier", "ghost", "pro"),
+        ("purchase", "ghost", "5", "--key", "p-1"),
+        ("grant", "ghost", "5"),
+    ):
+        code, out = run(capsys, *command, "--database-url", sqlite_url)
+        assert (code, out.strip()) == (2, "error: no credit account 'ghost'"), command
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("history", "alice", "--before", str(2**63)),
+        ("history", "alice", "--before", str(10**30)),
+        ("history", "alice", "--before", "0"),
+        ("refund", "alice", "1", "--entry", str(2**63)),
+        ("refund", "alice", "1", "--entry", "-1"),
+        ("refund", "alice", "1", "--entry", "x"),
+    ],
+)
+def test_ids_out_of_range_are_a_usage_error_not_a_traceback(
+    ledger_url: str, capsys: pytest.CaptureFixture[str], args: tuple[str, ...]
+) -> None:
+    db = _ledger_with_account(ledger_url, capsys)
+    with pytest.raises(SystemExit) as info:
+        main([*args, *db])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "is not an entry id" in err and "Traceback" not in err
+    assert js(capsys, "verify", *db)["entries"] == 1  # the grant alone: nothing moved
+    largest = str(2**63 - 1)  # the largest id is a valid one: it just names no entry
+    code, out = run(capsys, "history", "alice", "--before", largest, *db)
+    assert code == 0 and "grant" in out
+
+
+def test_help_is_plain_text_and_version_is_known(capsys: pytest.CaptureFixture[str]) -> None:
+    from credit_middleware import __version__
+
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    assert "``" not in text and ":class:" not in text
+    assert "migrate" in text and "exit status" in text
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"credit-middleware {__version__}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "credit_middleware", "--version"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout.strip().endswith(__version__)

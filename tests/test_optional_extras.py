@@ -44,3 +44,26 @@ def test_core_without_any_extra(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+#: the optional drivers and integrations: each extra's own import, and what they pull in
+OPTIONAL = (
+    "asyncpg", "redis", "jwt", "litellm", "prometheus_client", "databases", "aiosqlite",
+    "cryptography", "openai", "httpx", "fastapi", "sqlalchemy",
+)  # fmt: skip
+
+
+def test_importing_the_package_loads_no_optional_driver() -> None:
+    """With every extra installed (as here), ``import credit_middleware`` (and the CLI's
+    module) still imports none of them: each is loaded only by the backend that uses it."""
+    code = (
+        "import sys, credit_middleware, credit_middleware.cli\n"
+        f"print(' '.join(sorted(m for m in {OPTIONAL!r} if m in sys.modules)))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == ""
+    for name in ("asyncpg", "redis", "jwt"):  # they are installed: the test means something
+        __import__(name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 from test_report_helpers import ADMIN, EXPECTED, dashboard_numbers, run_session
 
-from credit_middleware import Ledger, Provisioner, TrialPolicy
+from credit_middleware import Identity, Ledger, Provisioner, TrialPolicy
 from credit_middleware.admin import render_dashboard
 from credit_middleware.report import build_report, render_text
 
@@ -173,3 +174,26 @@ async def test_bad_arguments_are_refused(ledger: Ledger) -> None:
         await build_report(ledger, since=datetime(2026, 1, 1))
     with pytest.raises(ValueError, match="top"):
         await build_report(ledger, top=0)
+
+
+async def test_accounts_an_operator_opened_are_neither_denied_trials_nor_conversions(
+    ledger_url: str, ledger: Ledger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``grant --create`` opens an account the trial policy never saw: it is not a denied
+    trial, and what it bought is not its cohort's conversion. A real refusal still counts."""
+    from credit_middleware.cli import main
+
+    prov = Provisioner(ledger, TrialPolicy(require_verified_email=True))
+    await prov.ensure_account("refused", layer="request")  # unverified: trial denied
+    await prov.ensure_account(Identity("trialist", email_verified=True), layer="signup")
+    args = ["grant", "walk-in", "20", "--create", "--source", "purchase", "--key", "order-1"]
+    assert await asyncio.to_thread(main, [*args, "--database-url", ledger_url]) == 0
+    capsys.readouterr()
+
+    data = (await build_report(ledger)).to_json()
+    assert data["accounts"] == 3
+    assert data["trials_denied"] == 1
+    (cohort,) = data["cohorts"]
+    assert (cohort["accounts"], cohort["trials"], cohort["purchased"]) == (2, 1, 0)
+    assert cohort["purchased_share"] == "0.0000"
+    assert "(trials denied: 1)" in render_text(await build_report(ledger))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -867,7 +868,7 @@ class Ledger(RequestStore):
         """
         try:
             return await self._x.run(fn, write=write)
-        except _INTEGRITY as err:
+        except _integrity_errors() as err:
             raise LedgerError(f"refused by a ledger constraint: {err}") from err
 
     def _tx(self) -> _guarded:
@@ -940,18 +941,15 @@ def _sweeper(account_id: str, now: int) -> Callable[[Conn], Awaitable[None]]:
     return sweep_one
 
 
+_SQLITE_INTEGRITY: tuple[type[BaseException], ...] = (sqlite3.IntegrityError,)
+
+
 def _integrity_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [sqlite3.IntegrityError]
-    try:
-        import asyncpg
-
-        errors.append(asyncpg.IntegrityConstraintViolationError)
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(errors)
-
-
-_INTEGRITY = _integrity_errors()
+    """The drivers' constraint violations. asyncpg's only once something imported it (a
+    PostgreSQL ledger did): ``import credit_middleware`` never loads an optional driver."""
+    asyncpg = sys.modules.get("asyncpg")
+    error = getattr(asyncpg, "IntegrityConstraintViolationError", None)
+    return _SQLITE_INTEGRITY if error is None else (sqlite3.IntegrityError, error)
 
 
 class _guarded:
@@ -966,7 +964,7 @@ class _guarded:
     async def __aexit__(self, et: Any, exc: Any, tb: Any) -> None:
         try:
             await self._cm.__aexit__(et, exc, tb)
-        except _INTEGRITY as err:
+        except _integrity_errors() as err:
             raise LedgerError(f"refused by a ledger constraint: {err}") from err
-        if isinstance(exc, _INTEGRITY):
+        if isinstance(exc, _integrity_errors()):
             raise LedgerError(f"refused by a ledger constraint: {exc}") from exc
