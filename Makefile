@@ -132,19 +132,19 @@ chaos-ci: $(STAMP)
 # The conformance suite (and the routing, placement, WebSocket and rate-limit tests) on the
 # lowest releases pyproject.toml claims: Starlette, FastAPI, limits and the drivers at their
 # lower bounds (.ci/lowest.py), the rest as constraints.txt pins it, in a venv of its own.
-LOWEST_VENV := .venv-lowest
-LOWEST_TESTS := tests/conformance tests/test_routing.py tests/test_placement.py tests/test_websocket.py \
+DEPS_LOWEST_VENV := .venv-lowest
+DEPS_LOWEST_TESTS := tests/conformance tests/test_routing.py tests/test_placement.py tests/test_websocket.py \
 	tests/test_ratelimit.py tests/test_ratelimit_memory.py
 
-$(LOWEST_VENV)/.installed: pyproject.toml constraints.txt .ci/lowest.py
-	rm -rf $(LOWEST_VENV)
-	$(PYTHON) -m venv $(LOWEST_VENV)
-	$(PYTHON) .ci/lowest.py > $(LOWEST_VENV)/constraints.txt
-	$(LOWEST_VENV)/bin/pip install --quiet -c $(LOWEST_VENV)/constraints.txt \
+$(DEPS_LOWEST_VENV)/.installed: pyproject.toml constraints.txt .ci/lowest.py
+	rm -rf $(DEPS_LOWEST_VENV)
+	$(PYTHON) -m venv $(DEPS_LOWEST_VENV)
+	$(PYTHON) .ci/lowest.py > $(DEPS_LOWEST_VENV)/constraints.txt
+	$(DEPS_LOWEST_VENV)/bin/pip install --quiet -c $(DEPS_LOWEST_VENV)/constraints.txt \
 	  -e '.[postgres,redis,jwt,prometheus]' fastapi pytest anyio httpx uvicorn websockets hypothesis \
 	  sqlmodel 'pwdlib[argon2]' email-validator 'python-multipart<0.0.13'
 	touch $@
 
-.PHONY: test-lowest
-test-lowest: $(LOWEST_VENV)/.installed services
-	timeout --kill-after=30 600 $(LOWEST_VENV)/bin/python -m pytest -q -p no:cacheprovider $(LOWEST_TESTS)
+.PHONY: test-lowest-deps
+test-lowest-deps: $(DEPS_LOWEST_VENV)/.installed services
+	timeout --kill-after=30 600 $(DEPS_LOWEST_VENV)/bin/python -m pytest -q -p no:cacheprovider $(DEPS_LOWEST_TESTS)

@@ -2,7 +2,7 @@
 lower bound pyproject.toml claims (the dependencies, the drivers' extras, FastAPI) pinned at
 that lower bound, and the pins of what those old releases can't take left free.
 
-Used by `make test-lowest`, which installs it and runs the conformance suite on it.
+Used by `make test-lowest-deps`, which installs it and runs the conformance suite on it.
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ def create_user(session: Session, user_in: UserRegister) -> User:
 
 
 def get_user_by_email(session: Session, email: str) -> User | None:
-    return session.exec(select(User).where(User.email == email)).first()
+    found: User | None = session.exec(select(User).where(User.email == email)).first()
+    return found
 
 
 def authenticate(session: Session, email: str, password: str) -> User | None:

@@ -7,7 +7,7 @@ on the embedded default (SQLite, in-memory limits) and on PostgreSQL + Redis:
 - a CORS preflight → passes (answered by the app's CORS, never billed or refused);
 - refusals (401, 402) → problem+json, readable cross-origin where the app allows the origin.
 
-``make test-lowest`` runs this folder again on the oldest Starlette and FastAPI we support.
+``make test-lowest-deps`` runs this folder again on the oldest Starlette and FastAPI we support.
 """
 
 from __future__ import annotations
