@@ -85,7 +85,7 @@ async def admin(ledger: Ledger) -> Any:
         yield c
 
 
-@pytest.mark.parametrize("entry_id", [2**63, 2**63 - 1, 2**64, 10**30, 0, -1])
+@pytest.mark.parametrize("entry_id", [2**63, 2**64, 10**30, 0, -1])
 async def test_a_refund_against_an_impossible_entry_id_is_400(
     admin: httpx.AsyncClient, ledger: Ledger, entry_id: int
 ) -> None:
@@ -98,6 +98,21 @@ async def test_a_refund_against_an_impossible_entry_id_is_400(
     assert r.status_code == 400, r.text
     assert r.headers["content-type"] == "application/problem+json"
     assert "entry_id" in r.json()["detail"]
+    assert await ledger.history("alice", limit=1000) == before
+
+
+async def test_the_largest_entry_id_is_valid_and_names_no_charge(
+    admin: httpx.AsyncClient, ledger: Ledger
+) -> None:
+    """2**63 - 1 fits the 64-bit id columns: not bad input, just no charge of the account's."""
+    before = await ledger.history("alice", limit=1000)
+    r = await admin.post(
+        "/api/accounts/alice/refunds",
+        json={"amount": "1", "entry_id": 2**63 - 1},
+        headers={**AUTH, "Idempotency-Key": "r1"},
+    )
+    assert r.status_code == 409, r.text
+    assert "is not a charge" in r.json()["detail"]
     assert await ledger.history("alice", limit=1000) == before
 
 

@@ -233,7 +233,7 @@ class Api:
 
     async def _history(self, request: Request, account_id: str) -> Response:
         limit = int_param(request, "limit", 50, 1, 1000)
-        before = int_param(request, "before", None, 1, 2**62)
+        before = int_param(request, "before", None, 1, 2**63 - 1)
         if await self.ledger.get_account(account_id) is None:
             raise AccountNotFound(account_id)
         entries = await self.ledger.history(account_id, limit=limit or 50, before=before)

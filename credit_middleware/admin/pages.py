@@ -97,7 +97,7 @@ class Pages:
     async def account(self, request: Request) -> Response:
         root = mount_root(request.scope)
         account_id = check_account_id(request.query_params.get("id", ""))
-        before = int_param(request, "before", None, 1, 2**62)
+        before = int_param(request, "before", None, 1, 2**63 - 1)
         account = await self.ledger.get_account(account_id)
         if account is None:
             raise AccountNotFound(account_id)

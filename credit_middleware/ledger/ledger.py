@@ -111,10 +111,14 @@ def _priority(value: object) -> int:
     return value
 
 
+#: the largest row id (entry, grant, hold): the 64-bit signed columns that hold them
+MAX_ROW_ID = 2**63 - 1
+
+
 def _row_id(value: object, field: str) -> int:
     """A row id (entry, grant, hold): a positive int inside the 64-bit columns that hold them."""
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 2**62:
-        raise ValueError(f"{field} must be a positive whole number below 2**62")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_ROW_ID:
+        raise ValueError(f"{field} must be a whole number from 1 to 2**63 - 1")
     return value
 
 
@@ -917,9 +921,7 @@ class Ledger(RequestStore):
 
     @staticmethod
     def _hold_id(hold_id: object) -> int:
-        if not isinstance(hold_id, int) or isinstance(hold_id, bool) or not 0 < hold_id < 2**62:
-            raise ValueError("hold_id must be a positive int")
-        return hold_id
+        return _row_id(hold_id, "hold_id")
 
     @staticmethod
     def _receipt(out: _ops.Outcome) -> Receipt:
