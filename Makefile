@@ -61,4 +61,14 @@ CHAOS_TIMEOUT ?= 600
 chaos: $(STAMP)
 	timeout --kill-after=30 $(CHAOS_TIMEOUT) $(PY) -m chaos
 
+# The charge path under seeded fault schedules (tests/_sim.py): `make test` runs 1000 seeds per
+# backend; this runs many more (SEEDS=start:stop). A failing seed prints the line replaying it.
+SEEDS ?= 0:30000
+SIM_TIMEOUT ?= 7200
+
+.PHONY: simulate
+simulate: $(STAMP)
+	@bash .ci/services
+	timeout --kill-after=30 $(SIM_TIMEOUT) $(PY) tests/simulate.py --seeds $(SEEDS)
+
 -include benchmarks/bench.mk

@@ -379,21 +379,42 @@ class Ledger(RequestStore):
         route: str | None = None,
         model: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        late: bool = False,
     ) -> Receipt:
-        """Charge the actual amount of a hold (up to what the hold and balance cover)."""
+        """Charge the actual amount of a hold (up to what the hold and balance cover).
+
+        A hold that timed out raises ``HoldNotActive``; with ``late=True`` it is billed
+        instead, as a ``debit`` of at most the hold's amount (a call that outlived its hold is
+        not free), marked ``late`` in its metadata.
+        """
         micros, meta = self._charge(amount, round_up, metadata, allow_zero=True)
         tag = self._tag(None, layer, route, model, meta)
         hold_id = self._hold_id(hold_id)
         now = self.now_us()
         if self._fast_path and self._x.dialect == "postgresql":
-            fast = await self._fast_capture(hold_id, micros, now, tag)
+            fast = await self._fast_capture(hold_id, micros, now, tag, late)
             if fast is not None:
                 return fast
-        out = await self._run(lambda conn: _ops.capture(conn, now, hold_id, micros, tag))
+        out = await self._run(lambda conn: _ops.capture(conn, now, hold_id, micros, tag, late=late))
         return self._receipt(out)
 
-    async def _fast_capture(self, hold_id: int, micros: int, now: int, tag: Tag) -> Receipt | None:
-        """One round trip to ``credit_capture()``; None when the generic path must run."""
+    async def extend_hold(self, hold_id: int, *, timeout: timedelta | float = 300.0) -> Hold:
+        """Keep an active hold reserved ``timeout`` more from now (a long call, a stream, still
+        running); raises ``HoldNotActive`` once it was captured, released or swept away."""
+        hold_id = self._hold_id(hold_id)
+        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        if not isinstance(seconds, (int, float)) or not 0 < seconds <= 7 * 86400:
+            raise ValueError("hold timeout must be between 0 and 7 days")
+        now = self.now_us()
+        until = now + int(seconds * 1e6)
+        row = await self._run(lambda conn: _ops.extend_hold(conn, now, hold_id, until))
+        return Hold.from_row(row)
+
+    async def _fast_capture(
+        self, hold_id: int, micros: int, now: int, tag: Tag, late: bool = False
+    ) -> Receipt | None:
+        """One round trip to ``credit_capture()``; None when the generic path must run (a
+        sweep due, a late capture, the replay of one)."""
         async with self._guarded_read() as conn:
             row = await conn.fetchrow(
                 "SELECT * FROM credit_capture($1, $2, $3, $4, $5, $6, $7)",
@@ -412,8 +433,13 @@ class Ledger(RequestStore):
         if status == "hold_not_found":
             raise HoldNotFound(hold_id)
         if status == "not_active":
+            if late and row["o_entry"] == "expired":
+                return None
             raise HoldNotActive(hold_id, row["o_entry"])
-        entry = Entry.from_row(json.loads(row["o_entry"]))
+        raw = json.loads(row["o_entry"] or "null")
+        if not raw or raw.get("entry_id") is None:  # the replay of a late capture
+            return None
+        entry = Entry.from_row(raw)
         if status == "replayed":
             requested = int(entry.metadata.get("requested_micros") or entry.amount_micros)
             if requested != micros:
