@@ -45,7 +45,11 @@ class Claim:
     response: StoredResponse | None = None
 
 
-def _stored(row: Row) -> StoredResponse:
+MISMATCH = "already used for a different request (method, path or body)"
+IN_FLIGHT = "the first request is still being served"
+
+
+def stored(row: Row) -> StoredResponse:
     headers = tuple((str(k), str(v)) for k, v in json.loads(row["headers"] or "[]"))
     body = row["body"]
     return StoredResponse(
@@ -102,13 +106,11 @@ async def claim(
         )
         return Claim("new")
     if row["fingerprint"] != fingerprint:
-        raise IdempotencyMismatch(
-            account_id, key, "already used for a different request (method, path or body)"
-        )
+        raise IdempotencyMismatch(account_id, key, MISMATCH)
     if row["state"] == "done":
-        return Claim("replay", row["charge_key"], _stored(row))
+        return Claim("replay", row["charge_key"], stored(row))
     if int(row["lease_until"]) > now:
-        raise IdempotencyInFlight(account_id, key, "the first request is still being served")
+        raise IdempotencyInFlight(account_id, key, IN_FLIGHT)
     await conn.execute(
         "UPDATE credit_requests SET owner = $3, lease_until = $4,"
         " expires_at = CASE WHEN expires_at < $5 THEN $5 ELSE expires_at END"
@@ -143,20 +145,23 @@ async def free(conn: Conn, account_id: str, key: str) -> None:
     )
 
 
-async def store(
-    conn: Conn, account_id: str, key: str, response: StoredResponse, expires_at: int
-) -> None:
+async def store(conn: Conn, account_id: str, key: str, response: StoredResponse) -> None:
+    """Keep the response for exact retries, as long as the key lives (``ttl`` from its
+    claim): the row is updated in place, no indexed column changes."""
     await conn.execute(
         "UPDATE credit_requests SET state = 'done', status = $3, headers = $4, body = $5,"
-        " body_size = $6, expires_at = $7 WHERE account_id = $1 AND request_key = $2",
+        " body_size = $6 WHERE account_id = $1 AND request_key = $2",
         account_id,
         key,
         response.status,
-        json.dumps([list(h) for h in response.headers]),
+        headers_text(response),
         response.body,
         response.size,
-        expires_at,
     )
+
+
+def headers_text(response: StoredResponse) -> str:
+    return json.dumps([list(h) for h in response.headers])
 
 
 async def charge_entry(conn: Conn, account_id: str, charge_key: str) -> Row | None:

@@ -28,9 +28,11 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from ..errors import AccountNotFound, ChargeVoided
 from ..money import check_account_id, check_key
 from . import _ops, _requests
+from ._batch import Batcher, Op
 from ._executor import Conn, Row
-from ._requests import StoredResponse
-from ._tx import ENTRY_COLS, HOLD_COLS, Ctx, Tag, lock
+from ._fastrequests import _Slow, begun, finished
+from ._requests import StoredResponse, headers_text
+from ._tx import ENTRY_COLS, HOLD_COLS, Ctx, Tag, dumps, lock
 from .models import Entry, Hold, Receipt
 
 T = TypeVar("T")
@@ -71,6 +73,11 @@ class RequestStore:
     """Mixed into :class:`~credit_middleware.ledger.Ledger`."""
 
     if TYPE_CHECKING:
+        _batcher: Batcher
+        _fast_path: bool
+
+        @property
+        def dialect(self) -> str: ...
 
         async def _run(self, fn: Callable[[Conn], Awaitable[T]], *, write: bool = True) -> T: ...
 
@@ -131,6 +138,21 @@ class RequestStore:
             micros, meta = self._charge(charge.amount, True, charge.metadata)
             hold_us = _seconds(charge.hold_timeout, "hold_timeout")
         now = self.now_us()
+        if key is not None and self._fast_path and self.dialect == "postgresql":
+            # one round trip to credit_begin(), in the group commit with every other charge
+            kind = None if charge is None else charge.kind
+            tag = (
+                Tag()
+                if charge is None
+                else self._tag(owner, charge.layer, charge.route, charge.model, meta)
+            )
+            op = Op("begin", account_id, key, fingerprint, owner, kind, micros, now,
+                    now + hold_us if kind == "hold" else None, now + lease_us, now + ttl_us,
+                    tag.layer, tag.route, tag.model, dumps(tag.metadata))  # fmt: skip
+            fast = begun(await self._batcher.run(op), account_id, key, owner, micros)
+            if fast is not None:
+                state, receipt, response, charge_key = fast
+                return RequestStart(state, receipt, response, charge_key)
 
         async def begin(conn: Conn) -> RequestStart:
             if charge is not None:  # the account first: the lock order of every operation
@@ -198,6 +220,25 @@ class RequestStore:
         if capture is not None:
             capture_micros, meta = self._charge(capture[1], True, None, allow_zero=True)
         now = self.now_us()
+        if (
+            refund is None
+            and release is None
+            and (key is not None or capture is not None)
+            and self._fast_path
+            and self.dialect == "postgresql"
+        ):
+            # one round trip to credit_finish(), in the group commit (a refund or a release,
+            # the rare unserved call, takes the generic path)
+            hold_id = None if capture is None else self._hold_id(capture[0])
+            body = None if response is None else response.body
+            op = Op("finish", account_id, key, None, owner, None, capture_micros, now, hold_id,
+                    None if response is None else response.size, now + ttl_us, layer, None,
+                    None, dumps(meta), None if response is None else response.status,
+                    None if response is None else headers_text(response), body,
+                    keep)  # fmt: skip
+            done = finished(await self._batcher.run(op), hold_id)
+            if not isinstance(done, _Slow):
+                return done
 
         async def finish(conn: Conn) -> Receipt | None:
             out: _ops.Outcome | None = None
@@ -215,7 +256,7 @@ class RequestStore:
                 out = await _ops.capture(conn, now, capture[0], capture_micros, tag, late=True)
             if key is not None:
                 if response is not None:
-                    await _requests.store(conn, account_id, key, response, now + ttl_us)
+                    await _requests.store(conn, account_id, key, response)
                 elif not keep:
                     await _requests.free(conn, account_id, key)
             return None if out is None else self._receipt(out)

@@ -24,7 +24,7 @@ from ..errors import (
 )
 from ..money import check_account_id, check_key, cost_to_micros, from_micros, to_micros
 from . import _ops, _search, _tiers, _verify
-from ._batch import DebitBatcher, DebitItem
+from ._batch import Batcher, DebitItem, Op
 from ._executor import AsyncpgExecutor, Conn, Executor, Row
 from ._search import RouteUsage, check_query
 from ._sqlite import SqliteExecutor
@@ -137,7 +137,7 @@ class Ledger(RequestStore):
         self._clock = clock
         self._fast_path = fast_path
         # PostgreSQL: concurrent debits of this process share a transaction (group commit)
-        self._batcher = DebitBatcher(
+        self._batcher = Batcher(
             executor,
             max_batch=64 if group_commit else 1,
             max_inflight=2 if group_commit else pool_size,
@@ -319,21 +319,12 @@ class Ledger(RequestStore):
     async def _fast_hold(
         self, account_id: str, micros: int, now: int, expires: int, tag: Tag
     ) -> Receipt | None:
-        """One round trip to ``credit_hold()``; None when the generic path must run."""
-        async with self._guarded_read() as conn:
-            row = await conn.fetchrow(
-                "SELECT * FROM credit_hold($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                account_id,
-                micros,
-                now,
-                expires,
-                tag.key,
-                tag.layer,
-                tag.route,
-                tag.model,
-                dumps(tag.metadata),
-            )
-        assert row is not None
+        """One round trip to ``credit_begin()`` (batched); None when the generic path must
+        run."""
+        meta = dumps(tag.metadata)
+        op = Op("begin", account_id, None, None, tag.key, "hold", micros, now, expires,
+                None, None, tag.layer, tag.route, tag.model, meta)  # fmt: skip
+        row = await self._batcher.run(op)
         status = row["o_status"]
         if status == "slow":
             return None
@@ -413,19 +404,14 @@ class Ledger(RequestStore):
     async def _fast_capture(
         self, hold_id: int, micros: int, now: int, tag: Tag, late: bool = False
     ) -> Receipt | None:
-        """One round trip to ``credit_capture()``; None when the generic path must run (a
-        sweep due, a late capture, the replay of one)."""
+        """One round trip to ``credit_finish()`` (``credit_capture()`` inside); None when the
+        generic path must run (a sweep due, a late capture, the replay of one). Not batched:
+        a batch orders its operations by account, and a capture knows only its hold."""
+        op = Op("finish", "", None, None, None, None, micros, now, hold_id, None, None,
+                tag.layer, tag.route, tag.model, dumps(tag.metadata))  # fmt: skip
+        sql, args = op.call()
         async with self._guarded_read() as conn:
-            row = await conn.fetchrow(
-                "SELECT * FROM credit_capture($1, $2, $3, $4, $5, $6, $7)",
-                hold_id,
-                micros,
-                now,
-                tag.layer,
-                tag.route,
-                tag.model,
-                dumps(tag.metadata),
-            )
+            row = await conn.fetchrow(sql, *args)
         assert row is not None
         status = row["o_status"]
         if status == "slow":
