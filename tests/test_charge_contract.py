@@ -244,6 +244,12 @@ async def test_an_oversized_keyed_request_is_refused_and_moves_nothing(ledger: L
 # --------------------------------------------------------------------------- honest answers
 
 
+async def lost_after_commit(real: Any, *args: Any, **kwargs: Any) -> Any:
+    """The operation commits; its answer is lost with the connection."""
+    await real(*args, **kwargs)
+    raise BackendUnavailable("database", "connection lost", maybe_applied=True)
+
+
 def patch(ledger: Ledger, name: str, wrapper: Callable[..., Any]) -> None:
     real = getattr(ledger, name)
 
@@ -275,10 +281,6 @@ async def test_a_charge_committed_but_answered_late_is_served_not_503(ledger: Le
 
 
 async def test_a_charge_lost_with_its_connection_is_resolved_by_its_id(ledger: Ledger) -> None:
-    async def lost_after_commit(real: Any, *args: Any, **kwargs: Any) -> Any:
-        await real(*args, **kwargs)
-        raise BackendUnavailable("database", "connection lost", maybe_applied=True)
-
     work = Work()
     async with client(build(ledger, work)) as c:
         await c.post("/v1/work", content=b"warm", headers=bearer("u1"))
@@ -322,10 +324,6 @@ async def test_a_503_means_nothing_was_charged_even_when_the_debit_arrives_late(
 
 
 async def test_a_charge_that_cannot_be_resolved_is_reversed_later(ledger: Ledger) -> None:
-    async def lost(real: Any, *args: Any, **kwargs: Any) -> Any:
-        await real(*args, **kwargs)
-        raise BackendUnavailable("database", "connection lost", maybe_applied=True)
-
     down = [True]
 
     async def resolver(real: Any, *args: Any, **kwargs: Any) -> Any:
@@ -337,7 +335,7 @@ async def test_a_charge_that_cannot_be_resolved_is_reversed_later(ledger: Ledger
     app = build(ledger, work, observer=seen)
     async with client(app) as c:
         await c.post("/v1/work", content=b"warm", headers=bearer("u1"))
-        patch(ledger, "debit", lost)
+        patch(ledger, "debit", lost_after_commit)
         patch(ledger, "resolve_charge", resolver)
         r = await c.post("/v1/work", content=b"x", headers=bearer("u1"))
         assert r.status_code == 503
@@ -432,10 +430,6 @@ async def test_a_charge_whose_answer_was_lost_is_refunded_when_not_served(
 ) -> None:
     """Issue 18 item 2: a charge resolved as standing after its answer was lost is this
     request's own: refunded like any other when the app then does not serve it."""
-
-    async def lost_after_commit(real: Any, *args: Any, **kwargs: Any) -> Any:
-        await real(*args, **kwargs)
-        raise BackendUnavailable("database", "connection lost", maybe_applied=True)
 
     work = Work()
     async with client(build(ledger, work)) as c:

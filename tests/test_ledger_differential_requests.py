@@ -24,7 +24,7 @@ from typing import Any
 from conftest import Clock
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from test_ledger_differential import ACCOUNTS, T0, TRIAL, Side, schemas, state, trail
+from test_ledger_differential import ACCOUNTS, TRIAL, Side, run, schemas
 
 from credit_middleware import CreditError, Ledger
 from credit_middleware.ledger import ChargeSpec, RequestStart, StoredResponse
@@ -40,18 +40,19 @@ amounts = st.one_of(st.integers(1, 3_000_000), st.sampled_from([TRIAL, TRIAL + 1
 OK = StoredResponse(200, (("content-type", "application/json"),), b'{"ok":1}', 8)
 BIG = StoredResponse(200, (), None, 5_000)
 
+begins = st.tuples(
+    st.just("begin"),
+    accounts,
+    request_keys,
+    st.sampled_from(["fpA", "fpA", "fpB"]),
+    owners,
+    kinds,
+    amounts,
+    st.sampled_from([5, 30]),  # lease
+    st.sampled_from([60, 3000]),  # ttl
+)
 ops = st.one_of(
-    st.tuples(
-        st.just("begin"),
-        accounts,
-        request_keys,
-        st.sampled_from(["fpA", "fpA", "fpB"]),
-        owners,
-        kinds,
-        amounts,
-        st.sampled_from([5, 30]),
-        st.sampled_from([60, 3000]),
-    ),
+    begins,
     st.tuples(
         st.just("finish"),
         accounts,
@@ -92,17 +93,7 @@ flows = st.builds(
         ("advance", wait),
         ("finish", begin[1], begin[2], begin[4], action, amount),
     ],
-    st.tuples(
-        st.just("begin"),
-        accounts,
-        request_keys,
-        st.sampled_from(["fpA", "fpA", "fpB"]),
-        owners,
-        kinds,
-        amounts,
-        st.sampled_from([5, 30]),
-        st.sampled_from([60, 3000]),
-    ),
+    begins,
     st.sampled_from([0, 0, 6, 31, 51]),
     st.sampled_from(["store", "free", "capture", "capture+store", "refund", "release"]),
     st.integers(0, 3_000_000),
@@ -234,31 +225,6 @@ async def burst(fast: Requests, slow: Requests, items: list[tuple[Any, ...]]) ->
     assert got[2:] == want, f"burst {items}:\n fast {got[2:]}\n slow {want}"
 
 
-async def run(urls: tuple[str, str], steps: list[tuple[Any, ...]]) -> None:
-    clock = Clock(T0)
-    prefix = f"r{secrets.token_hex(4)}-"
-    fast = Requests(Ledger(urls[0], clock=clock, fast_path=True), prefix)
-    slow = Requests(Ledger(urls[1], clock=clock, fast_path=False), prefix)
-    async with fast.ledger, slow.ledger:
-        await fast.ledger.migrate()
-        await slow.ledger.migrate()
-        for i, op in enumerate(steps):
-            if op[0] == "advance":
-                clock.advance(op[1])
-            if op[0] == "burst":
-                await burst(fast, slow, list(op[1]))
-            else:
-                got_fast = await step(fast, op, clock)
-                got_slow = await step(slow, op, clock)
-                assert got_fast == got_slow, f"step {i} {op}:\n fast {got_fast}\n slow {got_slow}"
-            seen_fast, seen_slow = await state(fast), await state(slow)
-            assert seen_fast == seen_slow, f"after {i} {op}:\n fast {seen_fast}\n slow {seen_slow}"
-        assert await trail(fast) == await trail(slow)
-        for side in (fast, slow):
-            report = await side.ledger.verify()
-            assert report.ok, report.discrepancies
-
-
 @settings(
     max_examples=int(os.environ.get("CREDIT_DIFF_EXAMPLES", "40")),
     deadline=None,
@@ -297,4 +263,4 @@ async def run(urls: tuple[str, str], steps: list[tuple[Any, ...]]) -> None:
 def test_fast_and_generic_request_paths_agree_step_by_step(
     schemas: tuple[str, str], steps: list[tuple[Any, ...]]
 ) -> None:
-    asyncio.run(run(schemas, steps))
+    asyncio.run(run(schemas, steps, Requests, step, burst))

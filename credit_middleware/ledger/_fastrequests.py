@@ -38,22 +38,14 @@ def _receipt(row: Row, replayed: bool) -> Receipt:
     return Receipt(entry, replayed, int(row["o_available"]), hold=hold)
 
 
-def begun(
-    row: Row, account_id: str, key: str, owner: str, micros: int | None
-) -> tuple[Literal["new", "resumed", "replay"], Receipt | None, Any, str | None] | None:
-    """(state, receipt, stored response, charge key) of a ``credit_begin()`` for a request
-    key, None for ``slow``; raises its refusals."""
-    status = row["o_status"]
-    if status == "slow":
-        return None
+def refuse(account_id: str, key: str | None, status: str, row: Row, micros: int | None) -> None:
+    """Raise what the generic path raises for a charge the server refused (``not_found``,
+    ``voided``: ``key``, the charge id, was fenced; ``insufficient``); return otherwise."""
     if status == "not_found":
         raise AccountNotFound(account_id)
     if status == "voided":
-        raise ChargeVoided(account_id, owner)
-    if status == "mismatch":
-        raise IdempotencyMismatch(account_id, key, MISMATCH)
-    if status == "inflight":
-        raise IdempotencyInFlight(account_id, key, IN_FLIGHT)
+        assert key is not None
+        raise ChargeVoided(account_id, key)
     if status == "insufficient":
         assert micros is not None
         raise InsufficientCredits(
@@ -62,6 +54,21 @@ def begun(
             available=from_micros(max(0, int(row["o_available"]))),
             tier=row["o_tier"],
         )
+
+
+def begun(
+    row: Row, account_id: str, key: str, owner: str, micros: int | None
+) -> tuple[Literal["new", "resumed", "replay"], Receipt | None, Any, str | None] | None:
+    """(state, receipt, stored response, charge key) of a ``credit_begin()`` for a request
+    key, None for ``slow``; raises its refusals."""
+    status = row["o_status"]
+    if status == "slow":
+        return None
+    refuse(account_id, owner, status, row, micros)
+    if status == "mismatch":
+        raise IdempotencyMismatch(account_id, key, MISMATCH)
+    if status == "inflight":
+        raise IdempotencyInFlight(account_id, key, IN_FLIGHT)
     if status == "replay":
         response = stored(
             {

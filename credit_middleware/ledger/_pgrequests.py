@@ -3,9 +3,9 @@
 Installed by migration 9. ``credit_begin()`` is the charge of every metered request, keyed or
 not, on every route: it locks the account, refuses a fenced charge id, claims the client's
 ``Idempotency-Key`` for the request's fingerprint (a replay, a mismatch, one in flight, or the
-takeover of a crashed attempt's standing charge), and takes the debit or hold, all in the
-server; without a request key it is exactly the old ``credit_debit()`` / ``credit_hold()``
-(``Ledger.debit`` and ``Ledger.hold`` use it too). ``credit_finish()`` settles a request:
+takeover of a crashed attempt's standing charge), and takes the debit or hold through
+``credit_debit()`` / ``credit_hold()``, all in the server; without a request key it is just
+those (``Ledger.debit`` and ``Ledger.hold`` use it too). ``credit_finish()`` settles a request:
 the capture of its hold (through ``credit_capture()``) and, for a keyed request, its stored
 response or freed key, after checking the attempt still owns the key. ``credit_many()`` runs
 a batch of both in one transaction (group commit, ``_batch``).
@@ -35,235 +35,160 @@ RETURNS TABLE ({row})
 LANGUAGE plpgsql AS $$
 DECLARE
     a record;
+    c record;
     e record;
+    g record;
     h record;
     r record;
-    g record;
     v_row boolean := false;   -- a request row for the key, not forgotten
     v_old boolean := false;   -- a forgotten one (its time is over): the key is new again
     v_total bigint;
-    v_left bigint;
-    v_take bigint;
     v_done bigint;
     v_billed bigint;
     v_held boolean := false;  -- h holds the charge's hold
 BEGIN
-    o_status := 'new';
-    IF p_kind IS NOT NULL THEN
-        SELECT tier, balance, held, sweep_at INTO a
-            FROM credit_accounts WHERE account_id = p_account FOR UPDATE;
-        IF NOT FOUND THEN
-            o_status := 'not_found'; o_available := 0; RETURN NEXT; RETURN;
-        END IF;
-        o_tier := a.tier;
-    END IF;
-    IF p_request IS NULL THEN
-        -- a plain charge: exactly credit_debit() / credit_hold()
-        IF a.sweep_at IS NOT NULL AND a.sweep_at <= p_now THEN
-            o_status := 'slow'; o_available := 0; RETURN NEXT; RETURN;
-        END IF;
-        SELECT COALESCE(SUM(remaining), 0) INTO v_total FROM credit_grants
-            WHERE account_id = p_account AND remaining > 0 AND effective_at <= p_now;
-        o_available := v_total - a.held;
-        IF p_owner IS NOT NULL THEN
-            SELECT * INTO e FROM credit_entries
-                WHERE account_id = p_account AND idempotency_key = p_owner;
-            IF FOUND THEN
-                o_status := 'replayed'; o_entry := row_to_json(e)::text;
-                IF e.hold_id IS NOT NULL THEN
-                    SELECT * INTO h FROM credit_holds WHERE hold_id = e.hold_id;
-                    o_hold := row_to_json(h)::text;
-                END IF;
-                RETURN NEXT; RETURN;
-            END IF;
-            IF EXISTS (SELECT 1 FROM credit_voids
-                       WHERE account_id = p_account AND charge_key = p_owner) THEN
-                o_status := 'voided'; RETURN NEXT; RETURN;
-            END IF;
-        END IF;
-    ELSE
-        IF EXISTS (SELECT 1 FROM credit_voids
-                   WHERE account_id = p_account AND charge_key = p_owner) THEN
-            o_status := 'voided'; o_available := 0; RETURN NEXT; RETURN;
-        END IF;
-        SELECT * INTO r FROM credit_requests
-            WHERE account_id = p_account AND request_key = p_request FOR UPDATE;
-        IF FOUND THEN
-            v_old := r.expires_at <= p_now AND (r.state = 'done' OR r.charge_key IS NULL);
-            v_row := NOT v_old;
-        END IF;
-        IF v_row THEN
-            IF r.fingerprint <> p_fingerprint THEN
-                o_status := 'mismatch'; RETURN NEXT; RETURN;
-            END IF;
-            IF r.state = 'done' THEN
-                o_status := 'replay'; o_charge := r.charge_key; o_code := r.status;
-                o_headers := r.headers; o_body := r.body; o_size := r.body_size;
-                RETURN NEXT; RETURN;
-            END IF;
-            IF r.lease_until > p_now THEN
-                o_status := 'inflight'; RETURN NEXT; RETURN;
-            END IF;
-            o_status := 'resumed';
-            IF r.charge_key IS NOT NULL THEN
-                -- the crashed attempt's charge, if it still pays: served under it
-                SELECT * INTO e FROM credit_entries
-                    WHERE account_id = p_account AND idempotency_key = r.charge_key;
-                IF FOUND THEN
-                    v_billed := NULL;
-                    IF e.kind = 'hold' THEN
-                        SELECT * INTO h FROM credit_holds WHERE hold_id = e.hold_id;
-                        v_held := true;
-                        IF h.status = 'active' AND h.expires_at > p_now THEN
-                            v_billed := 0;
-                        ELSIF h.status = 'captured' THEN
-                            SELECT * INTO g FROM credit_entries
-                                WHERE hold_id = e.hold_id AND kind IN ('capture', 'debit')
-                                ORDER BY CASE kind WHEN 'capture' THEN 0 ELSE 1 END LIMIT 1;
-                            IF FOUND THEN
-                                e := g;
-                                v_billed := e.amount;
-                            END IF;
-                        END IF;
-                    ELSE
-                        v_billed := e.amount;
-                    END IF;
-                    IF v_billed IS NOT NULL AND v_billed > 0 THEN
-                        SELECT COALESCE(SUM(amount), 0) INTO v_done FROM credit_entries
-                            WHERE ref_entry_id = e.entry_id AND kind = 'refund';
-                        IF v_done >= v_billed THEN
-                            v_billed := NULL;
-                        END IF;
-                    END IF;
-                    IF v_billed IS NOT NULL THEN
-                        IF p_kind IS NULL THEN
-                            SELECT tier, balance, held, sweep_at INTO a FROM credit_accounts
-                                WHERE account_id = p_account FOR UPDATE;
-                            o_tier := a.tier;
-                        END IF;
-                        UPDATE credit_requests SET owner = p_owner, lease_until = p_lease_until,
-                                expires_at = GREATEST(expires_at, p_expires_at)
-                            WHERE account_id = p_account AND request_key = p_request;
-                        SELECT COALESCE(SUM(remaining), 0) INTO v_total FROM credit_grants
-                            WHERE account_id = p_account AND remaining > 0
-                              AND effective_at <= p_now;
-                        o_available := v_total - a.held;
-                        o_status := 'standing';  -- resumed under the charge found standing
-                        o_charge := r.charge_key;
-                        o_entry := row_to_json(e)::text;
-                        IF v_held THEN
-                            o_hold := row_to_json(h)::text;
-                        END IF;
-                        RETURN NEXT; RETURN;
-                    END IF;
-                END IF;
-            END IF;
-        END IF;
-        IF p_kind IS NULL THEN  -- a claim without a charge (a handler-billed route)
-            IF v_row THEN
-                UPDATE credit_requests SET owner = p_owner, lease_until = p_lease_until,
-                        expires_at = GREATEST(expires_at, p_expires_at)
-                    WHERE account_id = p_account AND request_key = p_request;
-            ELSIF v_old THEN
-                UPDATE credit_requests SET fingerprint = p_fingerprint, state = 'pending',
-                        owner = p_owner, lease_until = p_lease_until, charge_key = NULL,
-                        status = NULL, headers = NULL, body = NULL, body_size = NULL,
-                        created_at = p_now, expires_at = p_expires_at
-                    WHERE account_id = p_account AND request_key = p_request;
-            ELSE
-                INSERT INTO credit_requests (account_id, request_key, fingerprint, state, owner,
-                                             lease_until, created_at, expires_at)
-                    VALUES (p_account, p_request, p_fingerprint, 'pending', p_owner,
-                            p_lease_until, p_now, p_expires_at)
-                    ON CONFLICT (account_id, request_key) DO NOTHING;
-                IF NOT FOUND THEN  -- claimed a moment ago by a concurrent attempt
-                    o_status := 'inflight'; RETURN NEXT; RETURN;
-                END IF;
-            END IF;
-            o_charge := p_owner; RETURN NEXT; RETURN;
-        END IF;
-        IF a.sweep_at IS NOT NULL AND a.sweep_at <= p_now
-           OR EXISTS (SELECT 1 FROM credit_entries
-                      WHERE account_id = p_account AND idempotency_key = p_owner) THEN
-            o_status := 'slow'; o_available := 0; RETURN NEXT; RETURN;
-        END IF;
-        SELECT COALESCE(SUM(remaining), 0) INTO v_total FROM credit_grants
-            WHERE account_id = p_account AND remaining > 0 AND effective_at <= p_now;
-        o_available := v_total - a.held;
-    END IF;
-    IF p_amount > v_total - a.held THEN
-        o_status := 'insufficient'; RETURN NEXT; RETURN;
-    END IF;
-    IF p_request IS NOT NULL THEN  -- the claim first: a concurrent one means in flight
-        IF v_row THEN
-            UPDATE credit_requests SET owner = p_owner, lease_until = p_lease_until,
-                    expires_at = GREATEST(expires_at, p_expires_at), charge_key = p_owner
-                WHERE account_id = p_account AND request_key = p_request;
-        ELSIF v_old THEN
-            UPDATE credit_requests SET fingerprint = p_fingerprint, state = 'pending',
-                    owner = p_owner, lease_until = p_lease_until, charge_key = p_owner,
-                    status = NULL, headers = NULL, body = NULL, body_size = NULL,
-                    created_at = p_now, expires_at = p_expires_at
-                WHERE account_id = p_account AND request_key = p_request;
+    IF p_request IS NULL THEN  -- a plain charge: credit_debit() or credit_hold() itself
+        IF p_kind = 'hold' THEN
+            RETURN QUERY SELECT x.o_status, x.o_available, x.o_tier, x.o_entry, x.o_hold,
+                    p_owner, NULL::integer, NULL::text, NULL::bytea, NULL::bigint
+                FROM credit_hold(p_account, p_amount, p_now, p_hold_expires, p_owner, p_layer,
+                                 p_route, p_model, p_meta) AS x;
         ELSE
-            INSERT INTO credit_requests (account_id, request_key, fingerprint, state, owner,
-                                         lease_until, charge_key, created_at, expires_at)
-                VALUES (p_account, p_request, p_fingerprint, 'pending', p_owner,
-                        p_lease_until, p_owner, p_now, p_expires_at)
-                ON CONFLICT (account_id, request_key) DO NOTHING;
-            IF NOT FOUND THEN
-                o_status := 'inflight'; o_available := NULL; RETURN NEXT; RETURN;
+            RETURN QUERY SELECT x.o_status, x.o_available, x.o_tier, x.o_entry, NULL::text,
+                    p_owner, NULL::integer, NULL::text, NULL::bytea, NULL::bigint
+                FROM credit_debit(p_account, p_amount, p_now, p_owner, p_layer, p_route,
+                                  p_model, p_meta) AS x;
+        END IF;
+        RETURN;
+    END IF;
+    -- the account first (the lock order of every operation): every claim of the account's
+    -- keys waits for the others, so that a key is never claimed under a charge being made
+    SELECT tier, balance, held, sweep_at INTO a
+        FROM credit_accounts WHERE account_id = p_account FOR UPDATE;
+    IF NOT FOUND AND p_kind IS NOT NULL THEN
+        o_status := 'not_found'; o_available := 0; RETURN NEXT; RETURN;
+    END IF;
+    o_tier := a.tier;
+    IF EXISTS (SELECT 1 FROM credit_voids
+               WHERE account_id = p_account AND charge_key = p_owner) THEN
+        o_status := 'voided'; o_available := 0; RETURN NEXT; RETURN;
+    END IF;
+    o_status := 'new';
+    SELECT * INTO r FROM credit_requests
+        WHERE account_id = p_account AND request_key = p_request FOR UPDATE;
+    IF FOUND THEN
+        v_old := r.expires_at <= p_now AND (r.state = 'done' OR r.charge_key IS NULL);
+        v_row := NOT v_old;
+    END IF;
+    IF v_row THEN
+        IF r.fingerprint <> p_fingerprint THEN
+            o_status := 'mismatch'; RETURN NEXT; RETURN;
+        END IF;
+        IF r.state = 'done' THEN
+            o_status := 'replay'; o_charge := r.charge_key; o_code := r.status;
+            o_headers := r.headers; o_body := r.body; o_size := r.body_size;
+            RETURN NEXT; RETURN;
+        END IF;
+        IF r.lease_until > p_now THEN
+            o_status := 'inflight'; RETURN NEXT; RETURN;
+        END IF;
+        o_status := 'resumed';
+        IF r.charge_key IS NOT NULL THEN
+            -- the crashed attempt's charge, if it still pays: served under it
+            SELECT * INTO e FROM credit_entries
+                WHERE account_id = p_account AND idempotency_key = r.charge_key;
+            IF FOUND THEN
+                v_billed := NULL;
+                IF e.kind = 'hold' THEN
+                    SELECT * INTO h FROM credit_holds WHERE hold_id = e.hold_id;
+                    v_held := true;
+                    IF h.status = 'active' AND h.expires_at > p_now THEN
+                        v_billed := 0;
+                    ELSIF h.status = 'captured' THEN
+                        SELECT * INTO g FROM credit_entries
+                            WHERE hold_id = e.hold_id AND kind IN ('capture', 'debit')
+                            ORDER BY CASE kind WHEN 'capture' THEN 0 ELSE 1 END LIMIT 1;
+                        IF FOUND THEN
+                            e := g;
+                            v_billed := e.amount;
+                        END IF;
+                    END IF;
+                ELSE
+                    v_billed := e.amount;
+                END IF;
+                IF v_billed IS NOT NULL AND v_billed > 0 THEN
+                    SELECT COALESCE(SUM(amount), 0) INTO v_done FROM credit_entries
+                        WHERE ref_entry_id = e.entry_id AND kind = 'refund';
+                    IF v_done >= v_billed THEN
+                        v_billed := NULL;
+                    END IF;
+                END IF;
+                IF v_billed IS NOT NULL THEN
+                    UPDATE credit_requests SET owner = p_owner, lease_until = p_lease_until,
+                            expires_at = GREATEST(expires_at, p_expires_at)
+                        WHERE account_id = p_account AND request_key = p_request;
+                    SELECT COALESCE(SUM(remaining), 0) INTO v_total FROM credit_grants
+                        WHERE account_id = p_account AND remaining > 0 AND effective_at <= p_now;
+                    o_status := 'standing';  -- resumed under the charge found standing
+                    o_available := v_total - a.held;
+                    o_charge := r.charge_key;
+                    o_entry := row_to_json(e)::text;
+                    IF v_held THEN
+                        o_hold := row_to_json(h)::text;
+                    END IF;
+                    RETURN NEXT; RETURN;
+                END IF;
             END IF;
         END IF;
     END IF;
-    IF p_kind = 'hold' THEN
-        INSERT INTO credit_holds (account_id, amount, status, expires_at, idempotency_key,
-                                  metadata, created_at)
-            VALUES (p_account, p_amount, 'active', p_hold_expires, p_owner, p_meta, p_now)
-            RETURNING * INTO h;
-        INSERT INTO credit_entries (account_id, kind, amount, delta, held_delta, balance_after,
-                                    held_after, hold_id, idempotency_key, layer, route, model,
-                                    metadata, created_at)
-            VALUES (p_account, 'hold', p_amount, 0, p_amount, a.balance, a.held + p_amount,
-                    h.hold_id, p_owner, p_layer, p_route, p_model, p_meta, p_now)
-            RETURNING * INTO e;
-        UPDATE credit_accounts SET
-                held = held + p_amount,
-                sweep_at = CASE WHEN sweep_at IS NULL OR p_hold_expires < sweep_at
-                                THEN p_hold_expires ELSE sweep_at END,
-                updated_at = p_now
-            WHERE account_id = p_account;
-        o_hold := row_to_json(h)::text;
+    IF p_kind IS NOT NULL THEN  -- this attempt's charge, by credit_debit() or credit_hold()
+        IF EXISTS (SELECT 1 FROM credit_entries
+                   WHERE account_id = p_account AND idempotency_key = p_owner) THEN
+            o_status := 'slow'; o_available := 0; RETURN NEXT; RETURN;
+        END IF;
+        IF p_kind = 'hold' THEN
+            SELECT * INTO c FROM credit_hold(p_account, p_amount, p_now, p_hold_expires, p_owner,
+                                             p_layer, p_route, p_model, p_meta);
+            o_hold := c.o_hold;
+        ELSE
+            SELECT *, NULL::text AS o_hold INTO c FROM credit_debit(
+                p_account, p_amount, p_now, p_owner, p_layer, p_route, p_model, p_meta);
+        END IF;
+        o_available := c.o_available; o_tier := c.o_tier; o_entry := c.o_entry;
+        IF c.o_status <> 'ok' THEN  -- slow or insufficient: nothing was written
+            o_status := c.o_status; o_hold := NULL; RETURN NEXT; RETURN;
+        END IF;
+        IF o_status = 'new' THEN
+            o_status := 'ok';
+        END IF;
+    END IF;
+    -- the claim (every other claim of the account's keys waits for the account's lock)
+    IF v_row THEN
+        UPDATE credit_requests SET owner = p_owner, lease_until = p_lease_until,
+                expires_at = GREATEST(expires_at, p_expires_at),
+                charge_key = CASE WHEN p_kind IS NULL THEN charge_key ELSE p_owner END
+            WHERE account_id = p_account AND request_key = p_request;
+    ELSIF v_old THEN
+        UPDATE credit_requests SET fingerprint = p_fingerprint, state = 'pending',
+                owner = p_owner, lease_until = p_lease_until,
+                charge_key = CASE WHEN p_kind IS NULL THEN NULL ELSE p_owner END,
+                status = NULL, headers = NULL, body = NULL, body_size = NULL,
+                created_at = p_now, expires_at = p_expires_at
+            WHERE account_id = p_account AND request_key = p_request;
     ELSE
-        INSERT INTO credit_entries (account_id, kind, amount, delta, held_delta, balance_after,
-                                    held_after, idempotency_key, layer, route, model, metadata,
-                                    created_at)
-            VALUES (p_account, 'debit', p_amount, -p_amount, 0, a.balance - p_amount, a.held,
-                    p_owner, p_layer, p_route, p_model, p_meta, p_now)
-            RETURNING * INTO e;
-        v_left := p_amount;
-        FOR g IN SELECT grant_id, remaining FROM credit_grants
-                WHERE account_id = p_account AND remaining > 0 AND effective_at <= p_now
-                ORDER BY CASE WHEN expires_at IS NOT NULL AND expires_at <= p_now THEN 0
-                              ELSE 1 END,
-                         priority, expires_at NULLS LAST, created_at, grant_id
-        LOOP
-            EXIT WHEN v_left <= 0;
-            v_take := LEAST(g.remaining, v_left);
-            UPDATE credit_grants SET remaining = remaining - v_take
-                WHERE grant_id = g.grant_id;
-            INSERT INTO credit_postings (entry_id, grant_id, amount)
-                VALUES (e.entry_id, g.grant_id, -v_take);
-            v_left := v_left - v_take;
-        END LOOP;
-        UPDATE credit_accounts SET balance = balance - p_amount, updated_at = p_now
-            WHERE account_id = p_account;
+        INSERT INTO credit_requests (account_id, request_key, fingerprint, state, owner,
+                                     lease_until, charge_key, created_at, expires_at)
+            VALUES (p_account, p_request, p_fingerprint, 'pending', p_owner, p_lease_until,
+                    CASE WHEN p_kind IS NULL THEN NULL ELSE p_owner END, p_now, p_expires_at)
+            ON CONFLICT (account_id, request_key) DO NOTHING;
+        IF NOT FOUND THEN
+            IF p_kind IS NOT NULL THEN  -- cannot be, under the account's lock: never charge
+                RAISE EXCEPTION 'credit_begin: key % of % claimed under its charge',
+                    p_request, p_account;
+            END IF;
+            o_status := 'inflight'; RETURN NEXT; RETURN;  -- an account not opened yet
+        END IF;
     END IF;
-    IF o_status <> 'resumed' THEN
-        o_status := 'ok';
-    END IF;
-    o_available := v_total - a.held - p_amount;
-    o_entry := row_to_json(e)::text;
     o_charge := p_owner;
     RETURN NEXT;
 END $$;

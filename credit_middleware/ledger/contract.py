@@ -155,8 +155,13 @@ class RequestStore:
                 return RequestStart(state, receipt, response, charge_key)
 
         async def begin(conn: Conn) -> RequestStart:
-            if charge is not None:  # the account first: the lock order of every operation
+            # the account first (the lock order of every operation): every claim of the
+            # account's keys waits for the others, so that none is claimed under a charge
+            try:
                 await lock(conn, account_id, now)
+            except AccountNotFound:
+                if charge is not None:
+                    raise
             if await _requests.voided(conn, account_id, owner):
                 raise ChargeVoided(account_id, owner)
             state: Literal["new", "resumed"] = "new"

@@ -13,19 +13,18 @@ from typing import Any, TypeVar
 
 from ..errors import (
     AccountNotFound,
-    ChargeVoided,
     ConfigurationError,
     HoldNotActive,
     HoldNotFound,
     IdempotencyConflict,
-    InsufficientCredits,
     InvalidAmount,
     LedgerError,
 )
-from ..money import check_account_id, check_key, cost_to_micros, from_micros, to_micros
+from ..money import check_account_id, check_key, cost_to_micros, to_micros
 from . import _ops, _search, _tiers, _verify
 from ._batch import Batcher, DebitItem, Op
 from ._executor import AsyncpgExecutor, Conn, Executor, Row
+from ._fastrequests import refuse
 from ._search import RouteUsage, check_query
 from ._sqlite import SqliteExecutor
 from ._sqlite_databases import DatabasesExecutor
@@ -261,30 +260,14 @@ class Ledger(RequestStore):
         item = DebitItem(
             account_id, micros, now, tag.key, tag.layer, tag.route, tag.model, dumps(tag.metadata)
         )
-        row = await self._batcher.debit(item)
+        row = await self._batcher.run(item)
         status = row["o_status"]
         if status == "slow":
             return None
-        if status == "not_found":
-            raise AccountNotFound(account_id)
-        if status == "voided":
-            assert tag.key is not None
-            raise ChargeVoided(account_id, tag.key)
+        if status != "ok":
+            self._fast_refusal(account_id, status, row, tag, "debit", micros)
+        entry = Entry.from_row(json.loads(row["o_entry"]))
         available = int(row["o_available"])
-        if status == "insufficient":
-            raise InsufficientCredits(
-                account_id,
-                required=from_micros(micros),
-                available=from_micros(max(0, available)),
-                tier=row["o_tier"],
-            )
-        raw = json.loads(row["o_entry"])
-        if status == "replayed":
-            assert tag.key is not None
-            refusal = key_conflict(account_id, tag.key, raw, "debit", micros)
-            if refusal is not None:
-                raise refusal
-        entry = Entry.from_row(raw)
         return Receipt(entry=entry, replayed=status == "replayed", available_micros=available)
 
     async def hold(
@@ -319,12 +302,15 @@ class Ledger(RequestStore):
     async def _fast_hold(
         self, account_id: str, micros: int, now: int, expires: int, tag: Tag
     ) -> Receipt | None:
-        """One round trip to ``credit_begin()`` (batched); None when the generic path must
-        run."""
-        meta = dumps(tag.metadata)
+        """One round trip to ``credit_begin()``; None when the generic path must run. Not
+        batched: a hold is an LLM call's, long and rare next to debits, and often made from a
+        worker's own event loop, which a batch's kept connection cannot follow."""
         op = Op("begin", account_id, None, None, tag.key, "hold", micros, now, expires,
-                None, None, tag.layer, tag.route, tag.model, meta)  # fmt: skip
-        row = await self._batcher.run(op)
+                None, None, tag.layer, tag.route, tag.model, dumps(tag.metadata))  # fmt: skip
+        sql, args = op.call()
+        async with self._guarded_read() as conn:
+            row = await conn.fetchrow(sql, *args)
+        assert row is not None
         status = row["o_status"]
         if status == "slow":
             return None
@@ -340,18 +326,7 @@ class Ledger(RequestStore):
     ) -> None:
         """Raise what the generic path raises for a server-side refusal or a mismatched replay
         (returns for a replay that matches)."""
-        if status == "not_found":
-            raise AccountNotFound(account_id)
-        if status == "voided":
-            assert tag.key is not None
-            raise ChargeVoided(account_id, tag.key)
-        if status == "insufficient":
-            raise InsufficientCredits(
-                account_id,
-                required=from_micros(micros),
-                available=from_micros(max(0, int(row["o_available"]))),
-                tier=row["o_tier"],
-            )
+        refuse(account_id, tag.key, status, row, micros)
         if status == "replayed":
             assert tag.key is not None
             refusal = key_conflict(account_id, tag.key, json.loads(row["o_entry"]), kind, micros)
