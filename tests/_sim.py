@@ -107,6 +107,7 @@ class LogicalCall:
     attempts: list[Attempt] = field(default_factory=list)
     answered: bool = False  # got a definitive answer
     overlap: bool = False  # two attempts' handlers ran at once
+    live_takeover: bool = False  # a retry took the key from an attempt still running
 
 
 @dataclass
@@ -264,6 +265,7 @@ class World:
         self.dispatches = 0
         self.outage = 0  # dispatches left in a database outage (every operation fails)
         self.jumped = False  # a jump may outlast any lease: a live call may be taken over
+        self.forgot = False  # a jump past idempotency_ttl: a key served before is new again
         self.renewal_faulted: set[str] = set()  # accounts whose keep-alive was hit
         self.unhandled: list[str] = []
         self.unserved_share = 0.3
@@ -387,12 +389,24 @@ class World:
             raise
         finally:
             gated.finished.set()
+        if name == "begin_request" and attempt is not None:
+            self._takeover(attempt, result)
         if fault == "lost_reply":
             raise BackendUnavailable("database", "sim: reply lost", maybe_applied=True)
         if fault == "crash_after":
             self.crash(proc)
             raise ProcessGone
         return result
+
+    def _takeover(self, attempt: Attempt, start: Any) -> None:
+        """Note a key taken over from an attempt that is still running (only a clock jump or
+        a lost renewal lets a lease lapse under it): its money is then the taker's."""
+        if getattr(start, "state", None) != "resumed":
+            return
+        for other in attempt.call.attempts:
+            if other is not attempt and other.outcome == "pending" and other.cids:
+                self.log(f"TAKEOVER of live {other.label} by {attempt.label}")
+                attempt.call.live_takeover = True
 
     def _pick_fault(self, gated: Gated) -> str:
         self.dispatches += 1
@@ -419,6 +433,7 @@ class World:
             step = self.rng.choice([5.0, 31.0, 31.0, 61.0, 61.0, 301.0] * 3 + [90_000.0])
             self.clock.now += step
             self.jumped = True
+            self.forgot = self.forgot or step >= 86_400.0  # past idempotency_ttl
             self.log(f"JUMP +{step:.0f}s")
             fault = "run"
         elif fault == "retry":
@@ -694,13 +709,16 @@ async def check(world: World, ledger: Ledger) -> list[str]:
     kept, shortfall = _kept(entries), _shortfall(entries)
     charged_keys = {e.key for e in entries if e.key is not None}
     relaxed = world.jumped or bool(world.renewal_faulted)
+    forgot = world.forgot
     for call in world.calls:
         name = f"call{call.index} ({call.route}, key={call.key})"
         if not call.answered:
             problems.append(f"{name}: never got a definitive answer")
         groups = [call.attempts] if call.key is not None else [[a] for a in call.attempts]
         for group in groups:
-            problems += _check_group(name, call, group, kept, shortfall, charged_keys, relaxed)
+            problems += _check_group(
+                name, call, group, kept, shortfall, charged_keys, relaxed, forgot
+            )
     return problems
 
 
@@ -749,6 +767,7 @@ def _check_group(
     shortfall: dict[str, int],
     charged_keys: set[str],
     relaxed: bool,
+    forgot: bool = False,
 ) -> list[str]:
     out: list[str] = []
     cids = set().union(*(a.cids for a in group)) | {
@@ -756,7 +775,9 @@ def _check_group(
     }
     standing = {cid: kept[cid] for cid in cids if kept.get(cid, 0) > 0}
     total = sum(kept.get(cid, 0) for cid in cids)
-    if len(standing) > 1:
+    keyed = call.key is not None
+    # a key forgotten after its time is new again: each life of it may have its charge
+    if len(standing) > 1 and not (keyed and forgot):
         out.append(f"{name}: {len(standing)} standing charges for one key: {standing}")
     served = [
         a
@@ -769,9 +790,10 @@ def _check_group(
     for a in group:
         if a.outcome != "answered" or a.status is None:
             continue
-        if a.status == 503:
+        if a.status == 503 and not a.settlement_lost:
             # nothing charged for it (for a keyed call, its charge may be the key's, taken
-            # over by a retry that was served: then it is that retry's, checked below)
+            # over by a retry that was served: then it is that retry's, checked below; and a
+            # reversal still to be made when its process died is lost with it)
             own = a.headers.get("credit-charge-id")
             if own and kept.get(own, 0) != 0 and own not in served_ids:
                 out.append(f"{a.label}: answered 503 but its charge {own} kept {kept[own]} µc")
@@ -781,9 +803,15 @@ def _check_group(
             out.append(f"{a.label}: a replay ran the handler")
     if len(served) > 1 and not relaxed and not lost:
         out.append(f"{name}: served {len(served)} times: {[a.label for a in served]}")
-    if served and not any(a.settlement_lost for a in group):
+    # the client's word for it: what each served answer said it cost (a key taken from an
+    # attempt still running, by a clock jump or a lost renewal, moves its money to the taker:
+    # what the first was told no longer holds; a key forgotten after its time starts anew)
+    unsure = (relaxed and call.live_takeover) or (keyed and forgot)
+    if served:
+        if unsure or any(a.settlement_lost for a in group):
+            return out + _overlap(name, call, relaxed, lost)
         first = served[0]
-        told = _micros(first.headers.get("credit-cost"))
+        told = sum(_micros(a.headers.get("credit-cost")) for a in served)
         if call.route == "handler":
             told = 0
         # a hold captured late bills at most its amount, the rest recorded as a shortfall
@@ -801,9 +829,13 @@ def _check_group(
     elif total != 0:
         states = [(a.label, a.outcome, a.status) for a in group]
         out.append(f"{name}: not served {states}, yet kept {total} µc")
+    return out + _overlap(name, call, relaxed, lost)
+
+
+def _overlap(name: str, call: LogicalCall, relaxed: bool, lost: list[Attempt]) -> list[str]:
     if call.overlap and not relaxed and not lost:
-        out.append(f"{name}: its handler ran twice at once (a live call taken over)")
-    return out
+        return [f"{name}: its handler ran twice at once (a live call taken over)"]
+    return []
 
 
 # --------------------------------------------------------------------------- running seeds

@@ -59,9 +59,13 @@ def build(ledger: Ledger, slow: Slow, **options: Any) -> Starlette:
         routes=[
             Route("/v1/work", slow.work, methods=["POST"]),
             Route("/v1/held", slow.held, methods=["POST"]),
+            Route("/v1/chat", slow.work, methods=["POST"]),
         ]
     )
-    pricing = Pricing(default_cost="0.5", routes=[Priced("/v1/held", cost="1", mode="hold")])
+    pricing = Pricing(
+        default_cost="0.5",
+        routes=[Priced("/v1/held", cost="1", mode="hold"), Priced("/v1/chat", mode="handler")],
+    )
     app.add_middleware(
         CreditMiddleware,
         jwt_secret=SECRET,
@@ -114,6 +118,24 @@ async def test_a_slow_keyed_call_is_never_run_twice(ledger: Ledger, clock: Clock
     assert replay.headers["idempotent-replayed"] == "true" and replay.json() == {"run": 1}
     assert slow.runs == 1
     assert [d.amount for d in await debits(ledger, "u1")] == [Decimal("0.5")]
+
+
+async def test_a_slow_handler_billed_call_of_a_new_user_keeps_its_key(
+    ledger: Ledger, clock: Clock
+) -> None:
+    """A handler-billed route claims its key before the user has an account (the handler
+    bills, the middleware does not): its lease is renewed all the same."""
+    slow = Slow()
+    app = build(ledger, slow)
+    async with client(app) as c:
+        first = asyncio.ensure_future(c.post("/v1/chat", content=b"q", headers=keyed("k", "new")))
+        await slow.entered.wait()
+        await pass_time(app, clock, 700, step=20)  # hold_timeout (300 s) is its lease
+        retry = await c.post("/v1/chat", content=b"q", headers=keyed("k", "new"))
+        slow.finish.set()
+        served = await first
+    assert retry.status_code == 409, retry.text
+    assert served.status_code == 200 and slow.runs == 1
 
 
 async def test_a_hold_never_expires_under_a_live_handler(ledger: Ledger, clock: Clock) -> None:

@@ -292,7 +292,12 @@ class RequestStore:
         now = self.now_us()
 
         async def extend(conn: Conn) -> bool:
-            await lock(conn, account_id, now)
+            try:
+                await lock(conn, account_id, now)
+            except AccountNotFound:
+                if hid is not None:
+                    return False
+                # a handler-billed route's claim: its account may not be opened yet
             if key is not None and not await _requests.renew(
                 conn, account_id, key, owner, now + lease_us
             ):
@@ -306,10 +311,7 @@ class RequestStore:
                 await _ops.extend_hold(conn, now, hid, now + hold_us)
             return True
 
-        try:
-            return await self._run(extend)
-        except AccountNotFound:
-            return False
+        return await self._run(extend)
 
     async def resolve_request(
         self,
