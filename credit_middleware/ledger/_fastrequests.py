@@ -22,14 +22,14 @@ from ._executor import Row
 from ._requests import IN_FLIGHT, MISMATCH, stored
 from .models import Entry, Hold, Receipt
 
-__all__ = ["SLOW", "begun", "finished"]
+__all__ = ["SLOW", "Slow", "begun", "finished", "refuse"]
 
 
-class _Slow:
+class Slow:
     """``credit_finish()`` said ``slow``: the generic path must run."""
 
 
-SLOW = _Slow()
+SLOW = Slow()
 
 
 def _receipt(row: Row, replayed: bool) -> Receipt:
@@ -86,7 +86,7 @@ def begun(
     return state, _receipt(row, status == "standing"), None, row["o_charge"]
 
 
-def finished(row: Row, hold_id: int | None) -> Receipt | _Slow | None:
+def finished(row: Row, hold_id: int | None) -> Receipt | Slow | None:
     """The receipt of a ``credit_finish()`` (None when it moved no money), ``SLOW``; raises
     its refusals."""
     status = row["o_status"]

@@ -12,10 +12,8 @@ Every metered request is charged under a charge id of its own (its attempt's ``o
   transaction.
 - :meth:`extend_request` keeps a request that is still being served alive: its lease (no
   retry takes it over) and its hold (it never times out under a live handler).
-- :meth:`resolve_request` and :meth:`resolve_charge` answer "did it apply?" when a caller lost
-  track of a charge (a timeout, a lost connection). Under the account's lock they find what
-  applied (and, asked to, reverse it) or fence the charge id, so that an operation still on
-  its way can never apply it afterwards.
+- :meth:`resolve_request` and :meth:`resolve_charge` (``_resolve``) answer "did it apply?"
+  when a caller lost track of a charge (a timeout, a lost connection).
 """
 
 from __future__ import annotations
@@ -29,11 +27,13 @@ from ..errors import AccountNotFound, ChargeVoided
 from ..money import check_account_id, check_key
 from . import _ops, _requests
 from ._batch import Batcher, Op
-from ._executor import Conn, Row
-from ._fastrequests import _Slow, begun, finished
+from ._executor import Conn
+from ._fastrequests import Slow, begun, finished
 from ._requests import StoredResponse, headers_text
-from ._tx import ENTRY_COLS, HOLD_COLS, Ctx, Tag, dumps, lock
-from .models import Entry, Hold, Receipt
+from ._standing import refund as refund_left
+from ._standing import standing
+from ._tx import Tag, dumps, lock
+from .models import Receipt
 
 T = TypeVar("T")
 
@@ -177,9 +177,9 @@ class RequestStore:
                 if found.state == "resumed":
                     state = "resumed"
                     if found.charge_key is not None:
-                        standing = await _standing(conn, now, account_id, found.charge_key)
-                        if standing is not None:
-                            return RequestStart("resumed", standing, charge_key=found.charge_key)
+                        stands = await standing(conn, now, account_id, found.charge_key)
+                        if stands is not None:
+                            return RequestStart("resumed", stands, charge_key=found.charge_key)
             if charge is None or micros is None:
                 return RequestStart(state, charge_key=owner)
             # new, or resumed with nothing standing (a hold that timed out): charge this attempt
@@ -242,7 +242,7 @@ class RequestStore:
                     None if response is None else headers_text(response), body,
                     keep)  # fmt: skip
             done = finished(await self._batcher.run(op), hold_id)
-            if not isinstance(done, _Slow):
+            if not isinstance(done, Slow):
                 return done
 
         async def finish(conn: Conn) -> Receipt | None:
@@ -252,7 +252,7 @@ class RequestStore:
             if key is not None and await _requests.owned(conn, account_id, key, owner) is None:
                 return None
             if refund is not None:
-                out = await _refund(conn, now, account_id, refund.entry, "not billed", layer)
+                out = await refund_left(conn, now, account_id, refund.entry, "not billed", layer)
             elif release is not None:
                 tag = Tag(metadata={"reason": "not billed"})
                 out = await _ops.release(conn, now, release, tag)
@@ -313,87 +313,6 @@ class RequestStore:
 
         return await self._run(extend)
 
-    async def resolve_request(
-        self,
-        account_id: str,
-        key: str,
-        *,
-        owner: str,
-        reverse: bool = False,
-        reason: str = "unknown",
-    ) -> RequestStart | None:
-        """Whether :meth:`begin_request` by ``owner`` for ``key`` applied: what it started
-        (``new`` with its charge, or ``resumed`` with the charge it took over), or None. With
-        None, or with ``reverse=True``, nothing of it stands afterwards: ``owner`` is fenced
-        (a late begin is refused), a charge of its own is reversed (an audited refund or
-        release) and the key freed, and a charge it took over stays with the key, its lease
-        ended, for the next retry."""
-        account_id = check_account_id(account_id)
-        key, owner = check_key(key), check_key(owner)
-        now = self.now_us()
-
-        async def resolve(conn: Conn) -> RequestStart | None:
-            try:
-                ctx = await lock(conn, account_id, now)
-            except AccountNotFound:
-                await _requests.fence(conn, now, account_id, owner, reason[:255])
-                return None
-            row = await _requests.owned(conn, account_id, key, owner)
-            if row is None:  # never applied, or applied and taken over by a retry since
-                if await _requests.charge_entry(conn, account_id, owner) is None:
-                    await _requests.fence(conn, now, account_id, owner, reason[:255])
-                return None
-            charge_key = row["charge_key"]
-            if reverse:
-                if charge_key == owner:
-                    entry = await _requests.charge_entry(conn, account_id, owner)
-                    if entry is not None:
-                        await _reverse(conn, now, account_id, Entry.from_row(entry), reason)
-                if charge_key is None or charge_key == owner:
-                    await _requests.free(conn, account_id, key)
-                await _requests.fence(conn, now, account_id, owner, reason[:255])
-                return None
-            if charge_key is None:
-                return RequestStart("new", charge_key=owner)
-            receipt = await _charged(conn, ctx, charge_key)
-            state: Literal["new", "resumed"] = "new" if charge_key == owner else "resumed"
-            return RequestStart(state, receipt, charge_key=charge_key)
-
-        return await self._run(resolve)
-
-    async def resolve_charge(
-        self, account_id: str, charge_key: str, *, reverse: bool = False, reason: str = "unknown"
-    ) -> Receipt | None:
-        """Whether charge id ``charge_key`` applied: its receipt if it stands (``replayed``:
-        this call did not apply it), else None, and the id is fenced for good. With
-        ``reverse=True`` a standing charge is reversed (an audited refund or release, freeing
-        the request it paid for) and that receipt returned; not, though, a charge a retry took
-        over with its request: that is the retry's to settle.
-        """
-        account_id = check_account_id(account_id)
-        charge_key = check_key(charge_key)
-        now = self.now_us()
-
-        async def resolve(conn: Conn) -> Receipt | None:
-            try:
-                ctx = await lock(conn, account_id, now)
-            except AccountNotFound:
-                await _requests.fence(conn, now, account_id, charge_key, reason[:255])
-                return None
-            row = await _requests.charge_entry(conn, account_id, charge_key)
-            if row is None:
-                await _requests.fence(conn, now, account_id, charge_key, reason[:255])
-                return None
-            if not reverse or await _requests.taken_over(conn, account_id, charge_key):
-                return await _charged(conn, ctx, charge_key)
-            out = await _reverse(conn, now, account_id, Entry.from_row(row), reason)
-            await _requests.free_charged(conn, account_id, charge_key)
-            if out is None:
-                return await _charged(conn, ctx, charge_key)
-            return self._receipt(out)
-
-        return await self._run(resolve)
-
     async def purge_requests(self, limit: int = 1000) -> int:
         """Forget up to ``limit`` expired idempotent requests; returns how many."""
         now = self.now_us()
@@ -404,98 +323,3 @@ def _seconds(value: object, name: str) -> int:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 7 * 86400:
         raise ValueError(f"{name} must be between 0 and 7 days (seconds)")
     return int(value * 1_000_000)
-
-
-async def _hold_of(conn: Conn, entry: Entry) -> Row | None:
-    if entry.hold_id is None:
-        return None
-    return await conn.fetchrow(
-        f"SELECT {HOLD_COLS} FROM credit_holds WHERE hold_id = $1", entry.hold_id
-    )
-
-
-async def _billed(conn: Conn, entry: Entry, h: Row | None) -> Entry | None:
-    """What a charge bills: a debit itself, a captured hold's capture (or late debit); None
-    for a hold not captured. A charge refunded in full bills nothing."""
-    billed: Entry | None = entry
-    if entry.kind == "hold":
-        closing = None
-        if h is not None and h["status"] == "captured":
-            closing = await _ops.closing_charge(conn, int(h["hold_id"]))
-        billed = None if closing is None else Entry.from_row(closing)
-    if billed is None:
-        return None
-    done = await conn.fetchval(
-        "SELECT COALESCE(SUM(amount), 0) FROM credit_entries"
-        " WHERE ref_entry_id = $1 AND kind = 'refund'",
-        billed.entry_id,
-    )
-    return billed if int(done) < billed.amount_micros else None
-
-
-async def _charged(conn: Conn, ctx: Ctx, charge_key: str) -> Receipt | None:
-    """The receipt of the charge keyed ``charge_key`` (``replayed``: found, not applied now),
-    with its hold; for a captured hold, the entry that billed it."""
-    row = await _requests.charge_entry(conn, ctx.account_id, charge_key)
-    if row is None:
-        return None
-    entry = Entry.from_row(row)
-    h = await _hold_of(conn, entry)
-    if h is not None and h["status"] == "captured":
-        entry = await _billed(conn, entry, h) or entry
-    hold = None if h is None else Hold.from_row(h)
-    return Receipt(entry, True, await _ops._available(ctx), hold=hold)
-
-
-async def _standing(conn: Conn, now: int, account_id: str, charge_key: str) -> Receipt | None:
-    """The receipt of a charge that still pays: a debit not refunded, a hold still active (not
-    timed out), or a captured one (its capture's entry)."""
-    row = await _requests.charge_entry(conn, account_id, charge_key)
-    if row is None:
-        return None
-    entry = Entry.from_row(row)
-    h = await _hold_of(conn, entry)
-    if h is not None and h["status"] == "active":
-        if int(h["expires_at"]) <= now:
-            return None
-    elif await _billed(conn, entry, h) is None:
-        return None
-    ctx = await lock(conn, account_id, now)
-    return await _charged(conn, ctx, charge_key)
-
-
-async def _refund(
-    conn: Any, now: int, account_id: str, entry: Entry, reason: str, layer: str | None
-) -> _ops.Outcome | None:
-    """Refund what is left of a charge entry (a debit or a capture); None if nothing is."""
-    done = await conn.fetchval(
-        "SELECT COALESCE(SUM(amount), 0) FROM credit_entries"
-        " WHERE ref_entry_id = $1 AND kind = 'refund'",
-        entry.entry_id,
-    )
-    left = entry.amount_micros - int(done)
-    if left <= 0:
-        return None
-    tag = Tag(f"refund:{entry.entry_id}", layer, None, None, {"reason": reason})
-    return await _ops.refund(conn, now, account_id, left, entry.entry_id, None, tag)
-
-
-async def _reverse(
-    conn: Any, now: int, account_id: str, entry: Entry, reason: str
-) -> _ops.Outcome | None:
-    """Undo a charge: refund a debit, release an active hold, refund a captured one."""
-    reason = f"reversed: {reason}"[:255]
-    if entry.kind != "hold":
-        return await _refund(conn, now, account_id, entry, reason, "request")
-    assert entry.hold_id is not None
-    h = await conn.fetchrow("SELECT status FROM credit_holds WHERE hold_id = $1", entry.hold_id)
-    if h is not None and h["status"] == "active":
-        return await _ops.release(conn, now, entry.hold_id, Tag(metadata={"reason": reason}))
-    captured = await _ops.closing_charge(conn, entry.hold_id)
-    if captured is None:
-        return None
-    row = await conn.fetchrow(
-        f"SELECT {ENTRY_COLS} FROM credit_entries WHERE entry_id = $1", captured["entry_id"]
-    )
-    assert row is not None
-    return await _refund(conn, now, account_id, Entry.from_row(row), reason, "request")

@@ -25,6 +25,7 @@ from . import _ops, _search, _tiers, _verify
 from ._batch import Batcher, DebitItem, Op
 from ._executor import AsyncpgExecutor, Conn, Executor, Row
 from ._fastrequests import refuse
+from ._resolve import ChargeResolver
 from ._search import RouteUsage, check_query
 from ._sqlite import SqliteExecutor
 from ._sqlite_databases import DatabasesExecutor
@@ -108,7 +109,7 @@ def _label(value: str | None, field: str) -> str | None:
     return value
 
 
-class Ledger(RequestStore):
+class Ledger(RequestStore, ChargeResolver):
     """Accounts, grants, holds and an append-only audit trail, with exact µc money.
 
     ``Ledger("sqlite:///credits.db")`` is the embedded default; ``Ledger("postgresql://...")``
