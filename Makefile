@@ -127,6 +127,16 @@ chaos: $(STAMP)
 chaos-ci: $(STAMP)
 	timeout --kill-after=30 $(CHAOS_TIMEOUT) $(PY) -m chaos --out ci/latest.json
 
+# The charge path under seeded fault schedules (tests/_sim.py): `make test` runs 1000 seeds per
+# backend; this runs many more (SEEDS=start:stop). A failing seed prints the line replaying it.
+SEEDS ?= 0:30000
+SIM_TIMEOUT ?= 7200
+
+.PHONY: simulate
+simulate: $(STAMP)
+	@bash .ci/services
+	timeout --kill-after=30 $(SIM_TIMEOUT) $(PY) tests/simulate.py --seeds $(SEEDS)
+
 -include benchmarks/bench.mk
 
 # The conformance suite (and the routing, placement, WebSocket and rate-limit tests) on the

@@ -3,6 +3,8 @@
 - ``cm_embedded``: no URLs, i.e. the embedded default (SQLite file + in-memory limits);
 - ``cm_pg_hot`` / ``cm_pg_cold``: PostgreSQL + Redis, every ``/work`` call debits 0.001;
   hot reuses users whose accounts exist, cold sends a new user on every request;
+- ``cm_pg_keyed``: the hot path with an ``Idempotency-Key`` of its own on every call (the
+  key claimed with the charge, the response stored for replays);
 - ``cm_pg_ratelimit``: PostgreSQL + Redis, ``/work`` in ``handler`` mode (identity and rate
   limit, no metering) — the comparison with slowapi.
 
@@ -29,7 +31,7 @@ from .common import (
     BenchEnv,
 )
 
-CM_VARIANTS = ("cm_embedded", "cm_pg_hot", "cm_pg_cold", "cm_pg_ratelimit")
+CM_VARIANTS = ("cm_embedded", "cm_pg_hot", "cm_pg_keyed", "cm_pg_cold", "cm_pg_ratelimit")
 
 
 def available() -> str | None:

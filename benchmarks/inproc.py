@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import cProfile
 import io
+import itertools
 import json
 import os
 import pstats
@@ -127,9 +128,16 @@ async def measure(n: int, profile: bool) -> dict[str, Any]:
         if message["type"] == "http.response.start":
             statuses[message["status"]] = statuses.get(message["status"], 0) + 1
 
+    keyed = env.variant == "cm_pg_keyed"
+    run_tag = f"inproc-{os.getpid()}-{time.time_ns()}-"
+    calls = itertools.count()
+
     async def once(i: int) -> None:
         scope = dict(base)
         scope["headers"] = headers[i % len(headers)]
+        if keyed:  # a key of its own for every call, never one sent before
+            key = f"{run_tag}{next(calls)}".encode()
+            scope["headers"] = [*scope["headers"], (b"idempotency-key", key)]
         await app(scope, receive, send)
 
     warm = 200 if env.variant == "cm_pg_cold" else min(500, max(100, n // 10))

@@ -19,7 +19,8 @@ CONFIG (JSON)::
 
 ``fixed`` users cycle through ``count`` users (request i goes to user i % count); ``unique``
 gives every request a user never seen before (the cold path). Every request carries the user
-as an HS256 bearer token and, for the floor, in ``x-bench-user``.
+as an HS256 bearer token and, for the floor, in ``x-bench-user``; with ``"keyed": true`` also
+an ``Idempotency-Key`` of its own (a client that keys every call).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import json
 import socket
 import sys
 import time
+import uuid
 from collections import Counter
 from typing import Any
 
@@ -38,11 +40,15 @@ from .common import make_token
 _HARD_TIMEOUT = 60.0
 
 
-def _request(path: str, user: str) -> bytes:
+def _request(path: str, user: str, key: str | None = None) -> bytes:
+    keyed = f"idempotency-key: {key}\r\n" if key is not None else ""
     return (
         f"GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {make_token(user)}\r\n"
-        f"x-bench-user: {user}\r\n\r\n"
+        f"x-bench-user: {user}\r\n{keyed}\r\n"
     ).encode("latin-1")
+
+
+_RUN = uuid.uuid4().hex[:12]  # keys never repeat across phases, rounds or runs
 
 
 class Requests:
@@ -53,14 +59,25 @@ class Requests:
         self.mode = users["mode"]
         self.prefix = f"{users['prefix']}{phase}-" if self.mode == "unique" else users["prefix"]
         count = int(users.get("count", 1))
-        if self.mode == "fixed":
-            self.fixed = [_request(path, f"{self.prefix}{i}") for i in range(count)]
+        self.keyed = f"{_RUN}-{phase}-" if users.get("keyed") else None
+        if self.keyed is not None:  # a key of its own for every request: built as sent
+            self.users = [f"{self.prefix}{i}" for i in range(count)]
+            self.heads = [_request(path, u).removesuffix(b"\r\n") for u in self.users]
+            self.fixed: list[bytes] = []
             self.ready: list[bytes] = []
+        elif self.mode == "fixed":
+            self.fixed = [_request(path, f"{self.prefix}{i}") for i in range(count)]
+            self.ready = []
         else:
             self.fixed = []
             self.ready = [_request(path, f"{self.prefix}{i}") for i in range(prepare)]
 
     def get(self, i: int) -> bytes:
+        if self.keyed is not None:
+            return (
+                self.heads[i % len(self.heads)]
+                + f"idempotency-key: {self.keyed}{i}\r\n\r\n".encode()
+            )
         if self.fixed:
             return self.fixed[i % len(self.fixed)]
         if i < len(self.ready):

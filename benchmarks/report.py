@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from .run import Bench, Variant
 
 PCTS = [name for name, _ in PERCENTILES]
-MIDDLEWARE = ("cm_embedded", "cm_pg_hot", "cm_pg_cold", "cm_pg_ratelimit")
+MIDDLEWARE = ("cm_embedded", "cm_pg_hot", "cm_pg_keyed", "cm_pg_cold", "cm_pg_ratelimit")
 
 
 def _med(rows: list[dict[str, Any]], key: str) -> dict[str, float] | None:
@@ -298,6 +298,7 @@ def readme_table(results: dict[str, Any]) -> str:
     """The compact table for the project README."""
     names = {
         "cm_pg_hot": "CreditMiddleware, PostgreSQL + Redis, existing account",
+        "cm_pg_keyed": "the same, every call with an Idempotency-Key of its own",
         "cm_pg_cold": "CreditMiddleware, PostgreSQL + Redis, first request (provisions)",
         "cm_pg_ratelimit": "CreditMiddleware, rate limit only",
         "cm_embedded": "CreditMiddleware, embedded (SQLite + memory)",

@@ -48,6 +48,9 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("bare", "bare Starlette (baseline)"),
     Variant("cm_embedded", "CreditMiddleware, embedded (SQLite + memory)", group="embedded"),
     Variant("cm_pg_hot", "CreditMiddleware, PostgreSQL + Redis, hot path"),
+    # the same, every call with an Idempotency-Key of its own: its rate group is its own, so
+    # that its lower throughput does not set the open-loop rate of the main group
+    Variant("cm_pg_keyed", "CreditMiddleware, PostgreSQL + Redis, hot path, keyed", group="keyed"),
     Variant("cm_pg_cold", "CreditMiddleware, PostgreSQL + Redis, cold path", True, "cold"),
     Variant("cm_pg_ratelimit", "CreditMiddleware, rate limit only (Redis)"),
     Variant("floor", "hand-written floor (Redis INCR + asyncpg debit)"),
@@ -77,7 +80,8 @@ PROFILES = {
 def users_config(v: Variant, round_no: int) -> dict[str, Any]:
     if v.cold:
         return {"mode": "unique", "prefix": f"cold-r{round_no}-"}
-    return {"mode": "fixed", "prefix": f"{v.name}-", "count": N_USERS}
+    keyed = v.name == "cm_pg_keyed"
+    return {"mode": "fixed", "prefix": f"{v.name}-", "count": N_USERS, "keyed": keyed}
 
 
 def phases(v: Variant, p: Profile, rates: dict[str, float]) -> list[dict[str, Any]]:
@@ -135,7 +139,7 @@ class Bench:
             self.status[v.name] = "ok"
             if v.name in CM_VARIANTS and why:
                 self.status[v.name] = f"not available: {why}"
-        for name in ("cm_embedded", "cm_pg_hot", "cm_pg_ratelimit", "cm_pg_cold"):
+        for name in ("cm_embedded", "cm_pg_hot", "cm_pg_keyed", "cm_pg_ratelimit", "cm_pg_cold"):
             if self.status[name] != "ok":
                 continue
             v = next(x for x in VARIANTS if x.name == name)

@@ -3,16 +3,20 @@
 Only what was served is billed: when the app's status is not billable (by default anything
 but 2xx: its 404, 405, 422, redirects and 5xx) a debit is refunded or a hold released as the
 response starts. A hold is captured at the price the handler put in
-``request.state.credit_final_cost`` (a streamed route settles after the body). A request with an
-``Idempotency-Key`` stores its response for exact retries in the same transaction as its final
-money move, or frees the key when it was not billed.
+``request.state.credit_final_cost``, as the response starts (a streamed route that sets it
+later: after the body), so that the headers say what was billed. A request with an
+``Idempotency-Key`` stores its response for exact retries before the client sees the
+response's end (an immediate re-send gets the replay, never a 409), or frees the key when it
+was not billed. Money and key move in one ledger operation (:meth:`Ledger.finish_request`);
+one that cannot be written now is retried in the background, keyed by the charge, until it
+lands. While the app runs, the request's lease and hold are kept alive (``_keepalive``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import Message, Receive, Scope, Send
@@ -36,10 +40,14 @@ _COST = b"credit-cost"
 
 
 class _Bill:
-    def __init__(self, identity: Identity, price: Price, charge_id: str, path: str = "") -> None:
+    def __init__(self, identity: Identity, price: Price, owner: str, path: str = "") -> None:
         self.identity = identity
         self.price = price
-        self.charge_id = charge_id
+        #: this attempt's charge id (it owns the request's key while it serves it)
+        self.owner = owner
+        #: the charge id that keys the request's charge in the ledger: the owner's, or, for a
+        #: request resumed after a crashed attempt, that attempt's
+        self.charge_id = owner
         # what the ledger entry names: the priced route's pattern, or the path itself when no
         # route matched (control characters dropped, at most 255 characters)
         named = price.route if price.route != "default" or not path else path
@@ -52,16 +60,22 @@ class _Bill:
         self.request_key: str | None = None  # the client's Idempotency-Key
         self.buffered: BufferedRequest | None = None
         self.start: RequestStart | None = None
-        self._settled = False
+        self.lease = 30.0
+        self._moved = False  # the final money move (refund, release, capture) was made
+        self._stored = False  # a keyed request's response was stored, or its key freed
 
     @property
     def kind(self) -> str:
         return "hold" if self.price.mode == "hold" else "debit"
 
-    @property
-    def owner(self) -> str:
-        """The charge id of the attempt that serves the request (and owns its key)."""
-        return self.charge_id
+    def started(self, start: RequestStart) -> None:
+        """Take what :meth:`Ledger.begin_request` started: the charge this request is served
+        under (a resumed one's is the crashed attempt's, at its price)."""
+        self.start = start
+        self.receipt = start.receipt
+        self.charge_id = start.charge_key or self.owner
+        if start.state == "resumed" and start.receipt is not None:
+            self.micros = start.receipt.entry.amount_micros
 
     async def run(self, mw: CreditMiddleware, scope: Scope, receive: Receive, send: Send) -> None:
         start = self.start
@@ -81,6 +95,7 @@ class _Bill:
         state["credit_balance"] = self.receipt.available if self.receipt else None
         recorder = Recorder(mw._max_stored_body) if self.request_key is not None else None
         status = 500
+        ticket = self._keep_alive(mw)
 
         async def wrapped(message: Message) -> None:
             nonlocal status
@@ -88,22 +103,55 @@ class _Bill:
                 status = message["status"]
                 if recorder is not None:
                     recorder.start(message)
-                billable = mw._billable(status)
-                final = state.get(FINAL_COST_STATE)
-                if not billable or (self.kind == "hold" and final is not None and recorder is None):
-                    await self._settle(mw, state, status)
-                elif self.kind == "hold" and final is not None and self.receipt is not None:
-                    self._announce_capture(state, final)
+                if not mw._billable(status):
+                    await self._timed(self._unbill(mw, state, status))
+                elif self.kind == "hold" and state.get(FINAL_COST_STATE) is not None:
+                    await self._timed(self._capture(mw, state))
                 message["headers"] = self._response_headers(mw, state, message)
-            elif recorder is not None and message["type"] == "http.response.body":
+            elif message["type"] == "http.response.body" and recorder is not None:
                 recorder.chunk(message)
+                if not message.get("more_body", False):
+                    # stored before the client sees the end: its re-send is a replay
+                    await self._timed(self._finish(mw, state, status, recorder))
             await send(message)
 
         try:
             await mw.app(scope, receive, wrapped)
         finally:
-            if not self._settled:
-                await self._settle(mw, state, status, recorder)
+            try:
+                if self._unfinished(mw, status):
+                    await self._timed(self._finish(mw, state, status, recorder))
+            finally:
+                if ticket is not None:
+                    mw.keepalive.untrack(ticket)
+
+    def _unfinished(self, mw: CreditMiddleware, status: int) -> bool:
+        """Whether anything is left to settle (nothing, for a served fixed-price call)."""
+        if self.request_key is not None and not self._stored:
+            return True
+        return not self._moved and (self.kind == "hold" or not mw._billable(status))
+
+    def _keep_alive(self, mw: CreditMiddleware) -> int | None:
+        """Keep the key's lease and the hold alive while the app serves the request."""
+        hold = self.receipt.hold if self.receipt is not None else None
+        hold_id = hold.hold_id if hold is not None and hold.status == "active" else None
+        if self.request_key is None and hold_id is None:
+            return None
+        return mw.keepalive.track(
+            self.identity.account_id,
+            self.owner,
+            key=self.request_key,
+            lease=self.lease,
+            hold_id=hold_id,
+            hold_timeout=mw._hold_timeout,
+        )
+
+    async def _timed(self, work: Awaitable[None]) -> None:
+        started = time.perf_counter()
+        try:
+            await work
+        finally:
+            self.post_seconds += time.perf_counter() - started
 
     def _response_headers(
         self, mw: CreditMiddleware, state: MutableMapping[str, Any], message: Message
@@ -122,156 +170,107 @@ class _Bill:
         names = {name for name, _ in ours}
         return [h for h in app if h[0].lower() not in names] + ours
 
-    async def _settle(
-        self,
-        mw: CreditMiddleware,
-        state: MutableMapping[str, Any],
-        status: int,
-        recorder: Recorder | None = None,
-    ) -> None:
-        """The request's final money move (and, for a keyed request, its stored response)."""
-        if self._settled:
-            return
-        self._settled = True
-        started = time.perf_counter()
-        try:
-            await self._settle_now(mw, state, status, recorder)
-        finally:
-            self.post_seconds = time.perf_counter() - started
+    # ------------------------------------------------------------------ settling
 
-    async def _settle_now(
+    async def _finish(
         self,
         mw: CreditMiddleware,
         state: MutableMapping[str, Any],
         status: int,
         recorder: Recorder | None,
     ) -> None:
-        receipt = self.receipt
-        billable = mw._billable(status)
-        aid = self.identity.account_id
-        if self.request_key is not None:
-            if not billable:
-                op, kwargs = self._unbill_args(receipt)
-                if receipt is not None:
-                    state["credit_cost"] = from_micros(0)
-                new = await self._money(mw, op, lambda: self._finish(mw, None, **kwargs))
-            else:  # after the body: the response is complete
-                kwargs = self._capture_args(state, receipt)
-                new = await self._money(mw, "store", lambda: self._finish(mw, recorder, **kwargs))
-            if new is not None:
-                self._apply(state, new)
-            return
-        if receipt is None:
+        """What is still to do once the app is done: give back what was not served, capture
+        a hold the handler priced late, store a keyed request's response."""
+        if not mw._billable(status):
+            await self._unbill(mw, state, status)
             return
         if self.kind == "hold":
-            assert receipt.hold is not None
-            hold_id = receipt.hold.hold_id
-            if not billable:
-                new = await self._money(
-                    mw, "release", lambda: mw.ledger.release(hold_id, reason="not_billed")
-                )
-                state["credit_cost"] = from_micros(0)
-            else:
-                new = await self._money(mw, "capture", lambda: self._capture(mw, state, hold_id))
-        elif not billable and not receipt.replayed:
-            entry = receipt.entry
-            new = await self._money(
-                mw,
-                "refund",
-                lambda: mw.ledger.refund(
-                    aid,
-                    from_micros(self.micros),
-                    entry_id=entry.entry_id,
-                    key=f"refund:{entry.entry_id}",
-                    layer="request",
-                    metadata={"reason": f"app answered {status}"},
-                ),
-            )
-            state["credit_cost"] = from_micros(0)
-        else:
+            await self._capture(mw, state)
+        if self.request_key is None or self._stored:
             return
-        if new is not None:
-            self._apply(state, new)
+        self._stored = True
+        stored = recorder.stored() if recorder is not None and recorder.status else None
+        # without a response we could keep (the app answered nothing), the key is freed
+        await self._settle(mw, "store", lambda: self._finish_op(mw, response=stored))
 
-    async def _money(self, mw: CreditMiddleware, op: str, run: Any) -> Receipt | None:
-        try:
-            new: Receipt | None = await mw.outcomes.settle(self.identity.account_id, op, run)
-        except (CreditError, ValueError) as exc:
-            # A hold left active expires on its own; a missed refund is visible in the ledger.
-            # the exception's text can name the account: only its class above DEBUG
-            log.warning("could not %s after the app answered: %s", op, type(exc).__name__)
-            log.debug("could not %s: %s", op, exc)
-            mw.observer.ledger_op(op, "error")
-            return None
-        mw.observer.ledger_op(op, "ok")
-        return new
+    async def _unbill(
+        self, mw: CreditMiddleware, state: MutableMapping[str, Any], status: int
+    ) -> None:
+        """Not served: give back what the request was charged (a resumed request's charge too:
+        the call it paid for was never served) and free its key."""
+        if self._moved:
+            return
+        self._moved = self._stored = True
+        receipt = self.receipt
+        money: dict[str, Any] = {}
+        if receipt is not None:
+            state["credit_cost"] = from_micros(0)
+            hold = receipt.hold
+            if hold is not None and hold.status == "active":
+                money = {"release": hold.hold_id}
+            elif hold is None or receipt.entry.kind != "hold":
+                money = {"refund": receipt}
+        if not money and self.request_key is None:
+            return
+        what = next(iter(money), "free")  # release, refund, or just free the key
+        done = await self._settle(mw, what, lambda: self._finish_op(mw, **money))
+        if done is not None and done[0] is not None:
+            self._apply(state, done[0])
 
-    def _apply(self, state: MutableMapping[str, Any], new: Receipt) -> None:
-        self.receipt = new
-        state["credit_balance"] = new.available
-        if new.entry.kind == "capture":
-            state["credit_cost"] = new.entry.amount
-
-    @staticmethod
-    def _unbill_args(receipt: Receipt | None) -> tuple[str, dict[str, Any]]:
-        """Free the key, and give back what the request was charged (a resumed request's
-        charge too: the call it paid for was never served)."""
-        if receipt is None:
-            return "free", {}
-        if receipt.hold is not None:
-            if receipt.hold.status != "active":
-                return "refund", {}
-            return "release", {"release": receipt.hold.hold_id}
-        return "refund", {"refund": receipt}
-
-    def _capture_args(
-        self, state: MutableMapping[str, Any], receipt: Receipt | None
-    ) -> dict[str, Any]:
+    async def _capture(self, mw: CreditMiddleware, state: MutableMapping[str, Any]) -> None:
+        """Bill the hold at the handler's final price (a hold that timed out under the call is
+        captured late: billed either way)."""
+        if self._moved:
+            return
+        self._moved = True
+        receipt = self.receipt
         if receipt is None or receipt.hold is None or receipt.hold.status != "active":
-            return {}
+            return  # nothing held (fail-open), or a resumed request's hold already captured
         final = state.get(FINAL_COST_STATE)
         amount: Any = from_micros(self.micros) if final is None else final
         try:
-            cost_to_micros(amount)
+            micros = cost_to_micros(amount)[0]
         except ValueError:
             log.error("route %s reported an unusable final cost %r", self.price.route, final)
-            amount = from_micros(self.micros)
-        return {"capture": (receipt.hold.hold_id, amount)}
-
-    def _announce_capture(self, state: MutableMapping[str, Any], final: Any) -> None:
-        """The capture of a keyed hold happens with its stored response, after the body; the
-        headers already say what it will be (exactly: a capture is capped by the hold)."""
-        assert self.receipt is not None and self.receipt.hold is not None
-        try:
-            micros = cost_to_micros(final)[0]
-        except ValueError:
             micros = self.micros
-        held = self.receipt.hold.amount_micros
-        charge = min(micros, self.receipt.available_micros + held)
-        state["credit_cost"] = from_micros(charge)
-        state["credit_balance"] = from_micros(self.receipt.available_micros + held - charge)
+        capture = (receipt.hold.hold_id, from_micros(micros))
+        done = await self._settle(
+            mw, "capture", lambda: self._finish_op(mw, capture=capture, keep=True)
+        )
+        if done is None:  # deferred: billed when it lands
+            state["credit_cost"] = from_micros(micros)
+        elif done[0] is not None:
+            self._apply(state, done[0])
+        else:  # refused, or a retry took the request over: not billed here, not told it paid
+            state["credit_cost"] = from_micros(0)
 
-    async def _finish(
-        self, mw: CreditMiddleware, recorder: Recorder | None, **money: Any
-    ) -> Receipt | None:
-        assert self.request_key is not None
+    async def _finish_op(self, mw: CreditMiddleware, **kwargs: Any) -> Receipt | None:
         return await mw.ledger.finish_request(
             self.identity.account_id,
             self.request_key,
             owner=self.owner,
-            response=None if recorder is None else recorder.stored(),
             ttl=mw._idempotency_ttl,
-            **money,
+            **kwargs,
         )
 
-    async def _capture(
-        self, mw: CreditMiddleware, state: MutableMapping[str, Any], hold_id: int
-    ) -> Receipt:
-        final = state.get(FINAL_COST_STATE)
-        amount: Any = from_micros(self.micros) if final is None else final
+    async def _settle(
+        self, mw: CreditMiddleware, op: str, run: Callable[[], Awaitable[Receipt | None]]
+    ) -> tuple[Receipt | None] | None:
+        """``(the move's receipt or None,)``; None when it was deferred (it lands later)."""
         try:
-            return await mw.ledger.capture(hold_id, amount, round_up=True, layer="request")
-        except ValueError:
-            log.error("route %s reported an unusable final cost %r", self.price.route, final)
-            amount = from_micros(self.micros)
-            return await mw.ledger.capture(hold_id, amount, round_up=True, layer="request")
+            done = await mw.outcomes.settle(self.charge_id, op, run)
+        except (CreditError, ValueError) as exc:
+            # refused for good (a hold released meanwhile, nothing left to bill late)
+            # the exception's text can name the account: only its class above DEBUG
+            log.warning("could not %s after the app answered: %s", op, type(exc).__name__)
+            log.debug("could not %s: %s", op, exc)
+            mw.observer.ledger_op(op, "error")
+            return (None,)
+        mw.observer.ledger_op(op, "ok" if done is not None else "deferred")
+        return done
+
+    def _apply(self, state: MutableMapping[str, Any], new: Receipt) -> None:
+        self.receipt = new
+        state["credit_balance"] = new.available
+        if new.entry.kind == "capture" or (new.entry.kind == "debit" and new.entry.hold_id):
+            state["credit_cost"] = new.entry.amount

@@ -42,6 +42,9 @@ __all__ = ["DEFAULT_LIMITS", "Credits"]
 log = logging.getLogger("credit_middleware.credits")
 
 DEFAULT_LIMITS = "60/minute;1000/day"
+#: How long a fixed-price request's attempt owns its Idempotency-Key before a retry may take over
+#: its charge, unless renewed while it runs (a held or handler-billed one: ``hold_timeout``).
+FIXED_LEASE = 30.0
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
@@ -124,6 +127,18 @@ class Credits:
         self.idempotency_lease = (
             None if idempotency_lease is None else positive("idempotency_lease", idempotency_lease)
         )
+        #: the leases a fixed-price and a held (or handler-billed) call's attempt gets
+        self.leases = (
+            self.idempotency_lease or FIXED_LEASE,
+            self.idempotency_lease or max(self.hold_timeout, FIXED_LEASE),
+        )
+        if self.idempotency_ttl < max(self.leases):
+            raise ConfigurationError(
+                f"idempotency_ttl ({self.idempotency_ttl:g}s) is shorter than the idempotency"
+                f" lease ({max(self.leases):g}s, from idempotency_lease or hold_timeout): a key"
+                " forgotten while its first attempt may still run would bill its retry again;"
+                " raise idempotency_ttl"
+            )
         self.max_stored_body = int(positive("max_stored_body", max_stored_body, "bytes"))
         self.max_request_body = int(positive("max_request_body", max_request_body, "bytes"))
         self.legacy_headers = legacy_headers

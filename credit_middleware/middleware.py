@@ -22,12 +22,13 @@ from . import _bill
 from ._aio import bounded
 from ._bill import CHARGE_ID_HEADER, _Bill
 from ._idempotency import client_key, read_request
+from ._keepalive import KeepAlive
 from ._outcome import Outcomes
 from ._placement import RUNS_AFTER, innermost, place_inside
 from ._routing import routing_target
 from ._websocket import answer
 from ._websocket import serve as serve_websocket
-from .credits import Credits
+from .credits import FIXED_LEASE, Credits
 from .errors import (
     AccountNotFound,
     BackendUnavailable,
@@ -55,14 +56,11 @@ from .problems import (
 )
 from .ratelimit import rate_limit_headers
 
-__all__ = ["FINAL_COST_STATE", "CreditMiddleware"]
+__all__ = ["FINAL_COST_STATE", "FIXED_LEASE", "CreditMiddleware"]
 
 log = logging.getLogger("credit_middleware.middleware")
 T = TypeVar("T")
 TIER_TTL = 60.0
-#: how long a fixed-price request's first attempt keeps its Idempotency-Key before a retry may
-#: take over its charge (a held or handler-billed request: ``hold_timeout``)
-FIXED_LEASE = 30.0
 
 #: ``request.state`` attribute a "hold" route's handler sets to the final price (credits).
 FINAL_COST_STATE = _bill.FINAL_COST_STATE
@@ -144,15 +142,16 @@ class CreditMiddleware:
         # Only what was served is billed: 2xx by default (not the app's 4xx, redirects, 5xx)
         self._billable_set = credits.billable_statuses
         self._idempotency_ttl = credits.idempotency_ttl
-        # how long an attempt may take before a retry with its key may take over its charge
-        # (a fixed-price call is quick: a worker that died with it frees its key soon; a held
-        # or handler-billed one, an LLM call, may run as long as its hold)
-        lease = credits.idempotency_lease
-        self._lease_fixed = float(lease or FIXED_LEASE)
-        self._lease_long = float(lease or max(self._hold_timeout, FIXED_LEASE))
+        # how long an attempt may go unrenewed before a retry with its key may take over its
+        # charge (a fixed-price call is quick: a worker that died with it frees its key soon;
+        # a held or handler-billed one, an LLM call, may run as long as its hold); renewed
+        # while the attempt runs (``keepalive``)
+        self._lease_fixed, self._lease_long = credits.leases
         self._max_stored_body = credits.max_stored_body
         self._max_request_body = credits.max_request_body
         self.outcomes = Outcomes(self.ledger, self._timeout, self.observer)
+        #: keeps the leases and holds of requests still being served from lapsing
+        self.keepalive = KeepAlive(self.ledger, timeout=self._timeout)
         self._started = False
         # account -> (tier, monotonic time to look again): a tier change (an upgrade) is
         # picked up within TIER_TTL seconds without a read on every request.
@@ -162,6 +161,7 @@ class CreditMiddleware:
     async def aclose(self) -> None:
         """End this middleware's use of its :class:`Credits`; close it if it built it (a
         shared one closes when its last user stops). What is still pending settles first."""
+        self.keepalive.aclose()
         await self.outcomes.aclose()
         if self._started:
             self._started = False
@@ -394,8 +394,10 @@ class CreditMiddleware:
         """Charge the bill under its charge id (claiming its idempotency key with it)."""
         amount = from_micros(bill.micros)
         route = bill.route
-        cid = bill.charge_id
-        if bill.request_key is not None:
+        cid = bill.owner
+        bill.lease = self._lease_fixed if bill.price.mode == "fixed" else self._lease_long
+        key = bill.request_key
+        if key is not None:
             assert bill.buffered is not None
             spec = None
             if bill.micros > 0 and bill.price.mode != "handler":
@@ -405,20 +407,20 @@ class CreditMiddleware:
                 )
             op = self.ledger.begin_request(
                 aid,
-                bill.request_key,
+                key,
                 bill.buffered.fingerprint,
                 owner=cid,
                 charge=spec,
-                lease=self._lease_fixed if bill.price.mode == "fixed" else self._lease_long,
+                lease=bill.lease,
                 ttl=self._idempotency_ttl,
             )
-            start = await self.outcomes.charge(
-                aid, cid, op, lambda r: RequestStart("new", r, charge_key=cid)
-            )
-            bill.start = start
-            bill.receipt = start.receipt
-            if start.state == "resumed" and start.receipt is not None:
-                bill.micros = start.receipt.entry.amount_micros
+
+            def resolve(reverse: bool) -> Awaitable[RequestStart | None]:
+                return self.ledger.resolve_request(
+                    aid, key, owner=cid, reverse=reverse, reason="unknown outcome"
+                )
+
+            bill.started(await self.outcomes.charge(aid, cid, op, resolve))
             return
         if bill.kind == "hold":
             charge = self.ledger.hold(
@@ -426,7 +428,11 @@ class CreditMiddleware:
             )
         else:
             charge = self.ledger.debit(aid, amount, key=cid, layer="request", route=route)
-        bill.receipt = await self.outcomes.charge(aid, cid, charge, _same)
+
+        def resolve_charge(reverse: bool) -> Awaitable[Receipt | None]:
+            return self.ledger.resolve_charge(aid, cid, reverse=reverse, reason="unknown outcome")
+
+        bill.receipt = await self.outcomes.charge(aid, cid, charge, resolve_charge)
 
     async def call(self, op: Awaitable[T]) -> T:
         """Run one backend call under the middleware's timeout."""
@@ -462,10 +468,6 @@ class CreditMiddleware:
             headers=bill.headers,
             balance_header=self._balance_header,
         )
-
-
-def _same(receipt: Receipt) -> Receipt:
-    return receipt
 
 
 def _preflight(scope: Scope) -> bool:

@@ -69,6 +69,14 @@ class Work:
     async def big(self, request: Request) -> PlainTextResponse:
         return PlainTextResponse("x" * 5000 + str(self.ran("big")))
 
+    async def gone(self, request: Request) -> Response:
+        self.ran("gone")
+        self.after_gone()  # e.g. the ledger goes away while the app answers
+        return PlainTextResponse("no such thing", status_code=404)
+
+    def after_gone(self) -> None:
+        pass
+
 
 def build(ledger: Ledger, work: Work, **options: Any) -> Starlette:
     app = Starlette(
@@ -78,6 +86,7 @@ def build(ledger: Ledger, work: Work, **options: Any) -> Starlette:
             Route("/v1/hold", work.hold, methods=["POST"]),
             Route("/v1/chat", work.chat, methods=["POST"]),
             Route("/v1/big", work.big, methods=["POST"]),
+            Route("/v1/gone", work.gone, methods=["POST"]),
         ]
     )
     pricing = Pricing(
@@ -235,6 +244,12 @@ async def test_an_oversized_keyed_request_is_refused_and_moves_nothing(ledger: L
 # --------------------------------------------------------------------------- honest answers
 
 
+async def lost_after_commit(real: Any, *args: Any, **kwargs: Any) -> Any:
+    """The operation commits; its answer is lost with the connection."""
+    await real(*args, **kwargs)
+    raise BackendUnavailable("database", "connection lost", maybe_applied=True)
+
+
 def patch(ledger: Ledger, name: str, wrapper: Callable[..., Any]) -> None:
     real = getattr(ledger, name)
 
@@ -266,10 +281,6 @@ async def test_a_charge_committed_but_answered_late_is_served_not_503(ledger: Le
 
 
 async def test_a_charge_lost_with_its_connection_is_resolved_by_its_id(ledger: Ledger) -> None:
-    async def lost_after_commit(real: Any, *args: Any, **kwargs: Any) -> Any:
-        await real(*args, **kwargs)
-        raise BackendUnavailable("database", "connection lost", maybe_applied=True)
-
     work = Work()
     async with client(build(ledger, work)) as c:
         await c.post("/v1/work", content=b"warm", headers=bearer("u1"))
@@ -313,10 +324,6 @@ async def test_a_503_means_nothing_was_charged_even_when_the_debit_arrives_late(
 
 
 async def test_a_charge_that_cannot_be_resolved_is_reversed_later(ledger: Ledger) -> None:
-    async def lost(real: Any, *args: Any, **kwargs: Any) -> Any:
-        await real(*args, **kwargs)
-        raise BackendUnavailable("database", "connection lost", maybe_applied=True)
-
     down = [True]
 
     async def resolver(real: Any, *args: Any, **kwargs: Any) -> Any:
@@ -328,7 +335,7 @@ async def test_a_charge_that_cannot_be_resolved_is_reversed_later(ledger: Ledger
     app = build(ledger, work, observer=seen)
     async with client(app) as c:
         await c.post("/v1/work", content=b"warm", headers=bearer("u1"))
-        patch(ledger, "debit", lost)
+        patch(ledger, "debit", lost_after_commit)
         patch(ledger, "resolve_charge", resolver)
         r = await c.post("/v1/work", content=b"x", headers=bearer("u1"))
         assert r.status_code == 503
@@ -373,6 +380,113 @@ def _middleware(app: Starlette) -> CreditMiddleware:
     while not isinstance(node, CreditMiddleware):
         node = node.app
     return node
+
+
+async def test_every_deferred_refund_of_one_account_lands(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 18 item 1: while the ledger is away, two unserved calls of one account each leave
+    a refund to settle later; both land (they were de-duplicated by account and kind)."""
+    from credit_middleware import _outcome
+
+    monkeypatch.setattr(_outcome, "_BACKOFF", (3600.0,) * 7)  # only drain() retries here
+    work = Work()
+    down = [False]
+    refused = [0]
+    tried_twice = asyncio.Event()  # the first refund and the first retry of it
+    real = ledger._run
+
+    async def away(fn: Any, *, write: bool = True) -> Any:
+        if down[0]:
+            refused[0] += 1
+            if refused[0] == 2:
+                tried_twice.set()
+            raise BackendUnavailable("database", "away")
+        return await real(fn, write=write)
+
+    def go_away() -> None:
+        down[0] = True
+
+    work.after_gone = go_away  # type: ignore[method-assign]
+    app = build(ledger, work)
+    async with client(app) as c:
+        await c.post("/v1/work", content=b"warm", headers=bearer("u1"))
+        monkeypatch.setattr(ledger, "_run", away)
+        first = await c.post("/v1/gone", content=b"x", headers=bearer("u1"))
+        await tried_twice.wait()  # its refund waits in the background now
+        down[0] = False
+        second = await c.post("/v1/gone", content=b"x", headers=bearer("u1"))
+        assert first.status_code == second.status_code == 404
+        down[0] = False
+        mw = _middleware(app)
+        assert await mw.outcomes.drain() == 0
+    assert await balance(ledger, "u1") == Decimal("4.5")  # only the served call is paid
+    kinds = [e.kind for e in await ledger.history("u1")]
+    assert kinds.count("debit") == 3 and kinds.count("refund") == 2
+
+
+async def test_a_charge_whose_answer_was_lost_is_refunded_when_not_served(
+    ledger: Ledger,
+) -> None:
+    """Issue 18 item 2: a charge resolved as standing after its answer was lost is this
+    request's own: refunded like any other when the app then does not serve it."""
+
+    work = Work()
+    async with client(build(ledger, work)) as c:
+        await c.post("/v1/work", content=b"warm", headers=bearer("u1"))
+        patch(ledger, "debit", lost_after_commit)
+        r = await c.post("/v1/gone", content=b"x", headers=bearer("u1"))
+    assert r.status_code == 404 and r.headers["credit-cost"] == "0"
+    assert await balance(ledger, "u1") == Decimal("4.5")
+    kinds = [e.kind for e in await ledger.history("u1")]
+    assert kinds.count("debit") == 2 and kinds.count("refund") == 1
+
+
+async def test_a_resend_the_moment_the_response_ends_is_a_replay_not_a_409(
+    ledger: Ledger,
+) -> None:
+    """The response of a keyed call is stored before its last part goes out: a client that
+    re-sends as soon as it has read the response gets the replay, never "in flight"."""
+    work = Work()
+    app = build(ledger, work)
+    async with client(app) as c:  # the lifespan, and a first call to build the stack
+        await c.post("/v1/work", content=b"warm", headers=bearer("u1"))
+        resent: list[Any] = []
+
+        async def call(key: str, observe: bool) -> int:
+            headers = [(k.lower().encode(), v.encode()) for k, v in keyed(key).items()]
+            scope = {
+                "type": "http",
+                "asgi": {"version": "3.0"},
+                "http_version": "1.1",
+                "method": "POST",
+                "scheme": "http",
+                "path": "/v1/work",
+                "raw_path": b"/v1/work",
+                "root_path": "",
+                "query_string": b"",
+                "headers": headers,
+                "client": ("127.0.0.1", 1),
+                "server": ("testserver", 80),
+            }
+            status = 0
+
+            async def receive() -> Any:
+                return {"type": "http.request", "body": b"same", "more_body": False}
+
+            async def send(message: Any) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                elif observe and not message.get("more_body", False):
+                    resent.append(await call(key, False))  # the client has it all: again
+
+            await app(scope, receive, send)
+            return status
+
+        assert await call("k-now", True) == 200
+    assert resent == [200]
+    assert work.runs == {"work": 2}  # the warm-up and the first send; the re-send replayed
 
 
 # --------------------------------------------------------------------------- late trial

@@ -237,3 +237,153 @@ async def test_fencing_an_attempt_frees_the_key_it_claimed_without_a_charge(
     await ledger.begin_request("newcomer", "k", "fp", owner="lost2", lease=300)
     assert await ledger.resolve_charge("newcomer", "lost2") is None  # no account yet
     assert (await ledger.begin_request("newcomer", "k", "fp", owner="n2")).state == "new"
+
+
+# --------------------------------------------------------------------------- issue 18
+
+
+async def test_a_takeover_keeps_the_first_charge_when_its_own_outcome_is_lost(
+    ledger: Ledger, clock: Clock
+) -> None:
+    """The retry that took a crashed attempt's charge over, its answer lost: resolving it
+    finds what it took over; fencing it (never applied) hands the charge back to the key."""
+    aid = await funded(ledger)
+    await ledger.begin_request(aid, "k", "fp", owner="dead", charge=DEBIT, lease=30)
+    clock.advance(31)
+    taken = await ledger.begin_request(aid, "k", "fp", owner="b", charge=DEBIT, lease=30)
+    assert taken.state == "resumed" and taken.charge_key == "dead"
+    found = await ledger.resolve_request(aid, "k", owner="b")
+    assert found is not None and found.state == "resumed" and found.charge_key == "dead"
+    assert found.receipt is not None and found.receipt.entry.key == "dead"
+    # the retry is told 503 after all (say the resolution came too late): nothing stands of
+    # it, and the key's charge serves the next retry at once, never charged again
+    assert await ledger.resolve_request(aid, "k", owner="b", reverse=True) is None
+    with pytest.raises(ChargeVoided):
+        await ledger.begin_request(aid, "k", "fp", owner="b", charge=DEBIT)
+    again = await ledger.begin_request(aid, "k", "fp", owner="c", charge=DEBIT, lease=30)
+    assert again.state == "resumed" and again.charge_key == "dead"
+    await ledger.finish_request(aid, "k", owner="c", response=OK)
+    assert await available(ledger, aid) == Decimal("1.5")
+
+
+async def test_a_begin_that_never_applied_is_fenced_by_its_resolution(ledger: Ledger) -> None:
+    aid = await funded(ledger)
+    assert await ledger.resolve_request(aid, "k", owner="late") is None
+    with pytest.raises(ChargeVoided):  # the begin that was on its way arrives: refused
+        await ledger.begin_request(aid, "k", "fp", owner="late", charge=DEBIT)
+    fresh = await ledger.begin_request(aid, "k", "fp", owner="next", charge=DEBIT)
+    assert fresh.state == "new"
+    await ledger.finish_request(aid, "k", owner="next", response=OK)
+    assert await available(ledger, aid) == Decimal("1.5")
+
+
+async def test_a_reversal_leaves_a_charge_a_retry_took_over(ledger: Ledger, clock: Clock) -> None:
+    aid = await funded(ledger)
+    await ledger.begin_request(aid, "k", "fp", owner="a", charge=DEBIT, lease=30)
+    clock.advance(31)
+    await ledger.begin_request(aid, "k", "fp", owner="b", charge=DEBIT, lease=30)
+    # a's reversal, pending since it answered 503, lands now: the charge is b's to settle
+    assert await ledger.resolve_request(aid, "k", owner="a", reverse=True) is None
+    found = await ledger.resolve_charge(aid, "a", reverse=True)
+    assert found is not None and found.entry.kind == "debit"
+    await ledger.finish_request(aid, "k", owner="b", response=OK)
+    assert await available(ledger, aid) == Decimal("1.5")
+
+
+async def test_an_unfinished_attempt_outlives_the_ttl_with_its_charge(
+    ledger: Ledger, clock: Clock
+) -> None:
+    """A key forgotten after ``ttl`` is new again, but not the charge of an attempt that
+    never finished: its retry takes that over instead of paying twice."""
+    aid = await funded(ledger)
+    await ledger.begin_request(aid, "k", "fp", owner="a", charge=DEBIT, lease=30, ttl=60)
+    clock.advance(61)
+    retry = await ledger.begin_request(aid, "k", "fp", owner="b", charge=DEBIT, lease=30, ttl=60)
+    assert retry.state == "resumed" and retry.charge_key == "a"
+    assert await available(ledger, aid) == Decimal("1.5")
+
+
+async def test_a_live_request_is_kept_alive(ledger: Ledger, clock: Clock) -> None:
+    aid = await funded(ledger)
+    spec = ChargeSpec("hold", "1", hold_timeout=60)
+    start = await ledger.begin_request(aid, "k", "fp", owner="a", charge=spec, lease=30)
+    assert start.receipt is not None and start.receipt.hold is not None
+    hold_id = start.receipt.hold.hold_id
+    for _ in range(6):  # 120 s: four leases, two holds
+        clock.advance(20)
+        kept = await ledger.extend_request(
+            aid, "k", owner="a", lease=30, hold_id=hold_id, hold_timeout=60
+        )
+        assert kept
+    with pytest.raises(IdempotencyInFlight):
+        await ledger.begin_request(aid, "k", "fp", owner="b", charge=spec, lease=30)
+    done = await ledger.finish_request(aid, "k", owner="a", response=OK, capture=(hold_id, "0.5"))
+    assert done is not None and done.entry.kind == "capture"
+    assert await available(ledger, aid) == Decimal("1.5")
+    # nothing left to keep alive: the request is done, the hold captured
+    assert not await ledger.extend_request(aid, "k", owner="a", lease=30)
+    assert not await ledger.extend_request(aid, None, owner="a", hold_id=hold_id)
+
+
+async def test_a_taken_over_request_is_no_longer_kept_alive(ledger: Ledger, clock: Clock) -> None:
+    aid = await funded(ledger)
+    await ledger.begin_request(aid, "k", "fp", owner="a", charge=DEBIT, lease=30)
+    clock.advance(31)
+    await ledger.begin_request(aid, "k", "fp", owner="b", charge=DEBIT, lease=30)
+    assert not await ledger.extend_request(aid, "k", owner="a", lease=30)
+    assert await ledger.extend_request(aid, "k", owner="b", lease=30)
+
+
+async def test_extend_hold_keeps_a_hold_reserved(ledger: Ledger, clock: Clock) -> None:
+    from credit_middleware.errors import HoldNotActive
+
+    aid = await funded(ledger)
+    hold = (await ledger.hold(aid, "1", timeout=60)).hold
+    assert hold is not None
+    clock.advance(50)
+    extended = await ledger.extend_hold(hold.hold_id, timeout=60)
+    assert extended.status == "active"
+    clock.advance(50)  # 100 s after it was placed, 50 after its extension
+    assert await available(ledger, aid) == Decimal("1")
+    captured = await ledger.capture(hold.hold_id, "0.5")
+    assert captured.entry.amount == Decimal("0.5")
+    with pytest.raises(HoldNotActive):
+        await ledger.extend_hold(hold.hold_id, timeout=60)
+    with pytest.raises(ValueError, match="timeout"):
+        await ledger.extend_hold(hold.hold_id, timeout=0)
+
+
+async def test_a_hold_that_timed_out_is_billed_late_only_when_asked(
+    ledger: Ledger, clock: Clock
+) -> None:
+    from credit_middleware.errors import HoldNotActive
+
+    aid = await funded(ledger)
+    hold = (await ledger.hold(aid, "1", timeout=60)).hold
+    assert hold is not None
+    clock.advance(61)
+    with pytest.raises(HoldNotActive, match="expired"):
+        await ledger.capture(hold.hold_id, "0.5")
+    late = await ledger.capture(hold.hold_id, "1.5", late=True)
+    assert late.entry.kind == "debit" and late.entry.hold_id == hold.hold_id
+    assert late.entry.amount == Decimal("1")  # at most the hold
+    assert late.entry.metadata["late"] is True
+    assert late.entry.metadata["shortfall_micros"] == 500_000
+    again = await ledger.capture(hold.hold_id, "1.5", late=True)
+    assert again.replayed and again.entry.entry_id == late.entry.entry_id
+    with pytest.raises(HoldNotActive, match="captured"):
+        await ledger.capture(hold.hold_id, "0.2", late=True)
+    assert await available(ledger, aid) == Decimal("1")
+    # a released hold is not billed, late or not
+    other = (await ledger.hold(aid, "0.5", timeout=60)).hold
+    assert other is not None
+    await ledger.release(other.hold_id)
+    with pytest.raises(HoldNotActive, match="released"):
+        await ledger.capture(other.hold_id, "0.5", late=True)
+
+
+async def test_a_resolved_hold_comes_with_its_hold(ledger: Ledger) -> None:
+    aid = await funded(ledger)
+    await ledger.hold(aid, "1", key="c-h", timeout=60)
+    found = await ledger.resolve_charge(aid, "c-h")
+    assert found is not None and found.hold is not None and found.hold.status == "active"

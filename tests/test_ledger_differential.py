@@ -20,7 +20,7 @@ import contextlib
 import os
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
@@ -440,11 +440,19 @@ async def trail(side: Side) -> list[Any]:
     return out
 
 
-async def run(urls: tuple[str, str], steps: list[tuple[Any, ...]]) -> None:
+async def run(
+    urls: tuple[str, str],
+    steps: list[tuple[Any, ...]],
+    side: Callable[[Ledger, str], Side] = Side,
+    apply: Callable[[Any, tuple[Any, ...], Clock], Awaitable[Any]] = apply,
+    burst: Callable[[Any, Any, list[Any]], Awaitable[None]] = burst,
+) -> None:
+    """Both ledgers through ``steps`` (each step run by ``apply``, a ``burst`` step by
+    ``burst``), compared after each and at the end."""
     clock = Clock(T0)
     prefix = f"d{secrets.token_hex(4)}-"  # fresh accounts for every example, same on both
-    fast = Side(Ledger(urls[0], clock=clock, fast_path=True), prefix)
-    slow = Side(Ledger(urls[1], clock=clock, fast_path=False), prefix)
+    fast = side(Ledger(urls[0], clock=clock, fast_path=True), prefix)
+    slow = side(Ledger(urls[1], clock=clock, fast_path=False), prefix)
     async with fast.ledger, slow.ledger:
         await fast.ledger.migrate()
         await slow.ledger.migrate()
@@ -464,8 +472,8 @@ async def run(urls: tuple[str, str], steps: list[tuple[Any, ...]]) -> None:
             seen_fast, seen_slow = await state(fast), await state(slow)
             assert seen_fast == seen_slow, f"after {i} {op}:\n fast {seen_fast}\n slow {seen_slow}"
         assert await trail(fast) == await trail(slow)
-        for side in (fast, slow):
-            report = await side.ledger.verify()
+        for one in (fast, slow):
+            report = await one.ledger.verify()
             assert report.ok, report.discrepancies
 
 

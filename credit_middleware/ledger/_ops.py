@@ -223,19 +223,31 @@ async def _locked_hold(conn: Conn, now: int, hold_id: int) -> tuple[Ctx, Row]:
     return ctx, await _hold_row(conn, hold_id)  # re-read under the account lock
 
 
-async def capture(conn: Conn, now: int, hold_id: int, amount: int, tag: Tag) -> Outcome:
-    """Charge ``amount`` against a hold: up to what the hold and the balance cover, no more."""
+async def capture(
+    conn: Conn, now: int, hold_id: int, amount: int, tag: Tag, *, late: bool = False
+) -> Outcome:
+    """Charge ``amount`` against a hold: up to what the hold and the balance cover, no more.
+
+    A hold that timed out (never released by anyone) cannot be captured, unless ``late``: then
+    it is billed as a ``debit`` of at most the hold's amount (and what is available), marked
+    ``late`` in its metadata, and the hold counts as captured.
+    """
     ctx, h = await _locked_hold(conn, now, hold_id)
     if h["status"] == "captured":
-        prior = await _closing_entry(conn, hold_id, "capture")
+        prior = await closing_charge(conn, hold_id)
         assert prior is not None
         requested = int(_meta(prior).get("requested_micros") or prior["amount"])
         if requested != amount:
             raise HoldNotActive(hold_id, "captured")
         return Outcome(prior, True, await _available(ctx), hold=h)
-    if h["status"] != "active" or int(h["expires_at"]) <= now:
+    timed_out = h["status"] == "expired" or (
+        h["status"] == "active" and int(h["expires_at"]) <= now
+    )
+    if h["status"] not in ("active", "expired") or (timed_out and not late):
         raise HoldNotActive(hold_id, "expired" if h["status"] == "active" else h["status"])
     await sweep(ctx)
+    if timed_out:
+        return await _late_capture(ctx, h, amount, tag)
     held = int(h["amount"])
     await conn.execute(
         "UPDATE credit_holds SET status = 'captured', closed_at = $2 WHERE hold_id = $1",
@@ -255,6 +267,56 @@ async def capture(conn: Conn, now: int, hold_id: int, amount: int, tag: Tag) -> 
     await sweep(ctx, force=True)
     await save(ctx)
     return Outcome(row, False, await _available(ctx), hold=await _hold_row(conn, hold_id))
+
+
+async def closing_charge(conn: Conn, hold_id: int) -> Row | None:
+    """The entry that billed a captured hold: its capture, or its late debit."""
+    return await _closing_entry(conn, hold_id, "capture") or await _closing_entry(
+        conn, hold_id, "debit"
+    )
+
+
+async def _late_capture(ctx: Ctx, h: Row, amount: int, tag: Tag) -> Outcome:
+    """Bill a hold that timed out under a call that was still running, as a debit bounded by
+    the hold's amount (its reservation is gone: what is available now pays)."""
+    hold_id = int(h["hold_id"])
+    grants, total = await live_grants(ctx)
+    available = total - ctx.held
+    charge = max(0, min(amount, int(h["amount"]), available))
+    if charge == 0:
+        raise HoldNotActive(hold_id, "expired")
+    await ctx.conn.execute(
+        "UPDATE credit_holds SET status = 'captured', closed_at = $2 WHERE hold_id = $1",
+        hold_id,
+        ctx.now,
+    )
+    meta: dict[str, Any] = dict(tag.metadata or {})
+    meta["requested_micros"] = amount
+    meta["late"] = True
+    if charge < amount:
+        meta["shortfall_micros"] = amount - charge
+    tag = Tag(tag.key, tag.layer, tag.route, tag.model, meta)
+    row = await entry(
+        ctx, "debit", charge, -charge, 0, tag, hold_id=hold_id, postings=plan(grants, charge)
+    )
+    await save(ctx)
+    return Outcome(row, False, available - charge, hold=await _hold_row(ctx.conn, hold_id))
+
+
+async def extend_hold(conn: Conn, now: int, hold_id: int, expires_at: int) -> Row:
+    """Move an active hold's timeout to ``expires_at`` (never earlier); one that timed out but
+    was not swept yet is still reserved, and lives on."""
+    ctx, h = await _locked_hold(conn, now, hold_id)
+    if h["status"] != "active":
+        raise HoldNotActive(hold_id, h["status"])
+    if int(h["expires_at"]) < expires_at:
+        await conn.execute(
+            "UPDATE credit_holds SET expires_at = $2 WHERE hold_id = $1", hold_id, expires_at
+        )
+        if ctx.sweep_at is not None and ctx.sweep_at <= now:
+            await sweep(ctx)  # it no longer times out: the next sweep time moves on
+            await save(ctx)
+    return await _hold_row(conn, hold_id)
 
 
 async def release(conn: Conn, now: int, hold_id: int, tag: Tag) -> Outcome:

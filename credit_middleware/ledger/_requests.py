@@ -45,7 +45,11 @@ class Claim:
     response: StoredResponse | None = None
 
 
-def _stored(row: Row) -> StoredResponse:
+MISMATCH = "already used for a different request (method, path or body)"
+IN_FLIGHT = "the first request is still being served"
+
+
+def stored(row: Row) -> StoredResponse:
     headers = tuple((str(k), str(v)) for k, v in json.loads(row["headers"] or "[]"))
     body = row["body"]
     return StoredResponse(
@@ -84,7 +88,9 @@ async def claim(
     row = await conn.fetchrow(_LOCK[conn.dialect], account_id, key)
     if row is None:  # deleted (freed, purged) since the insert saw it: the key is free
         return await claim(conn, now, account_id, key, fingerprint, owner, lease_until, expires_at)
-    if int(row["expires_at"]) <= now:  # forgotten: the key is new again
+    if int(row["expires_at"]) <= now and (row["state"] == "done" or row["charge_key"] is None):
+        # forgotten: the key is new again (an unfinished attempt's standing charge is not
+        # forgotten with it: it stays the key's, for the retry that takes it over below)
         await conn.execute(
             "UPDATE credit_requests SET fingerprint = $3, state = 'pending', owner = $4,"
             " lease_until = $5, charge_key = NULL, status = NULL, headers = NULL, body = NULL,"
@@ -100,20 +106,20 @@ async def claim(
         )
         return Claim("new")
     if row["fingerprint"] != fingerprint:
-        raise IdempotencyMismatch(
-            account_id, key, "already used for a different request (method, path or body)"
-        )
+        raise IdempotencyMismatch(account_id, key, MISMATCH)
     if row["state"] == "done":
-        return Claim("replay", row["charge_key"], _stored(row))
+        return Claim("replay", row["charge_key"], stored(row))
     if int(row["lease_until"]) > now:
-        raise IdempotencyInFlight(account_id, key, "the first request is still being served")
+        raise IdempotencyInFlight(account_id, key, IN_FLIGHT)
     await conn.execute(
-        "UPDATE credit_requests SET owner = $3, lease_until = $4"
+        "UPDATE credit_requests SET owner = $3, lease_until = $4,"
+        " expires_at = CASE WHEN expires_at < $5 THEN $5 ELSE expires_at END"
         " WHERE account_id = $1 AND request_key = $2",
         account_id,
         key,
         owner,
         lease_until,
+        expires_at,
     )
     return Claim("resumed", row["charge_key"])
 
@@ -139,20 +145,23 @@ async def free(conn: Conn, account_id: str, key: str) -> None:
     )
 
 
-async def store(
-    conn: Conn, account_id: str, key: str, response: StoredResponse, expires_at: int
-) -> None:
+async def store(conn: Conn, account_id: str, key: str, response: StoredResponse) -> None:
+    """Keep the response for exact retries, as long as the key lives (``ttl`` from its
+    claim): the row is updated in place, no indexed column changes."""
     await conn.execute(
         "UPDATE credit_requests SET state = 'done', status = $3, headers = $4, body = $5,"
-        " body_size = $6, expires_at = $7 WHERE account_id = $1 AND request_key = $2",
+        " body_size = $6 WHERE account_id = $1 AND request_key = $2",
         account_id,
         key,
         response.status,
-        json.dumps([list(h) for h in response.headers]),
+        headers_text(response),
         response.body,
         response.size,
-        expires_at,
     )
+
+
+def headers_text(response: StoredResponse) -> str:
+    return json.dumps([list(h) for h in response.headers])
 
 
 async def charge_entry(conn: Conn, account_id: str, charge_key: str) -> Row | None:
@@ -164,14 +173,28 @@ async def charge_entry(conn: Conn, account_id: str, charge_key: str) -> Row | No
     )
 
 
-async def fence(conn: Conn, now: int, account_id: str, charge_key: str, reason: str) -> None:
-    """Void a charge id that never applied: any later operation with it is refused, and a
-    key its attempt claimed without a charge (a handler-billed route) is free again."""
-    await conn.execute(
-        "DELETE FROM credit_requests WHERE account_id = $1 AND owner = $2 AND state = 'pending'",
+async def voided(conn: Conn, account_id: str, charge_key: str) -> bool:
+    """Whether the charge id was voided (its caller answered "nothing charged")."""
+    row = await conn.fetchrow(
+        "SELECT 1 AS voided FROM credit_voids WHERE account_id = $1 AND charge_key = $2",
         account_id,
         charge_key,
     )
+    return row is not None
+
+
+async def fence(conn: Conn, now: int, account_id: str, charge_key: str, reason: str) -> None:
+    """Void a charge id that never applied: any later operation with it is refused. A key its
+    attempt claimed without a charge (a handler-billed route) is free again; one it took over
+    with an earlier attempt's charge keeps that charge, its lease ended (the next retry
+    serves it): the key's charge is never lost with an attempt."""
+    await conn.execute(
+        "DELETE FROM credit_requests WHERE account_id = $1 AND owner = $2 AND state = 'pending'"
+        " AND charge_key IS NULL",
+        account_id,
+        charge_key,
+    )
+    await release_lease(conn, now, account_id, charge_key)
     await conn.execute(
         "INSERT INTO credit_voids (account_id, charge_key, reason, created_at)"
         " VALUES ($1, $2, $3, $4) ON CONFLICT (account_id, charge_key) DO NOTHING",
@@ -182,14 +205,53 @@ async def fence(conn: Conn, now: int, account_id: str, charge_key: str, reason: 
     )
 
 
+async def release_lease(conn: Conn, now: int, account_id: str, owner: str) -> None:
+    """End the lease of the unfinished requests ``owner`` holds (it will not finish them):
+    the next retry takes their charge over at once."""
+    await conn.execute(
+        "UPDATE credit_requests SET lease_until = $3"
+        " WHERE account_id = $1 AND owner = $2 AND state = 'pending' AND lease_until > $3",
+        account_id,
+        owner,
+        now,
+    )
+
+
+async def taken_over(conn: Conn, account_id: str, charge_key: str) -> bool:
+    """Whether a request paid by this charge is now served by another attempt (a retry took
+    it over): the charge is that attempt's to settle, not its first owner's to reverse."""
+    row = await conn.fetchrow(
+        "SELECT owner FROM credit_requests WHERE account_id = $1 AND charge_key = $2"
+        " AND owner <> $2",
+        account_id,
+        charge_key,
+    )
+    return row is not None
+
+
 async def free_charged(conn: Conn, account_id: str, charge_key: str) -> None:
     """Free the unfinished request a reversed charge paid for (its key is new again)."""
     await conn.execute(
         "DELETE FROM credit_requests WHERE account_id = $1 AND charge_key = $2"
-        " AND state = 'pending'",
+        " AND owner = $2 AND state = 'pending'",
         account_id,
         charge_key,
     )
+
+
+async def renew(conn: Conn, account_id: str, key: str, owner: str, lease_until: int) -> bool:
+    """Extend the lease of the request ``owner`` still serves; False if it lost it."""
+    row = await conn.fetchrow(
+        "UPDATE credit_requests SET lease_until = $4,"
+        " expires_at = CASE WHEN expires_at < $4 THEN $4 ELSE expires_at END"
+        " WHERE account_id = $1 AND request_key = $2 AND owner = $3 AND state = 'pending'"
+        " RETURNING request_key",
+        account_id,
+        key,
+        owner,
+        lease_until,
+    )
+    return row is not None
 
 
 async def purge(conn: Conn, now: int, limit: int = 1000) -> int:

@@ -14,19 +14,19 @@ from typing import Any, TypeVar
 
 from ..errors import (
     AccountNotFound,
-    ChargeVoided,
     ConfigurationError,
     HoldNotActive,
     HoldNotFound,
     IdempotencyConflict,
-    InsufficientCredits,
     InvalidAmount,
     LedgerError,
 )
-from ..money import check_account_id, check_key, cost_to_micros, from_micros, to_micros
+from ..money import check_account_id, check_key, cost_to_micros, to_micros
 from . import _ops, _pgschema, _search, _tiers, _verify
-from ._batch import DebitBatcher, DebitItem
+from ._batch import Batcher, DebitItem, Op
 from ._executor import AsyncpgExecutor, Conn, Executor, Row
+from ._fastrequests import refuse
+from ._resolve import ChargeResolver
 from ._search import RouteUsage, check_query
 from ._sqlite import SqliteExecutor
 from ._sqlite_databases import DatabasesExecutor
@@ -128,7 +128,7 @@ def _label(value: str | None, field: str) -> str | None:
     return value
 
 
-class Ledger(RequestStore):
+class Ledger(RequestStore, ChargeResolver):
     """Accounts, grants, holds and an append-only audit trail, with exact µc money.
 
     ``Ledger("sqlite:///credits.db")`` is the embedded default; ``Ledger("postgresql://...")``
@@ -156,7 +156,7 @@ class Ledger(RequestStore):
         self._clock = clock
         self._fast_path = fast_path
         # PostgreSQL: concurrent debits of this process share a transaction (group commit)
-        self._batcher = DebitBatcher(
+        self._batcher = Batcher(
             executor,
             max_batch=64 if group_commit else 1,
             max_inflight=2 if group_commit else pool_size,
@@ -280,30 +280,14 @@ class Ledger(RequestStore):
         item = DebitItem(
             account_id, micros, now, tag.key, tag.layer, tag.route, tag.model, dumps(tag.metadata)
         )
-        row = await self._batcher.debit(item)
+        row = await self._batcher.run(item)
         status = row["o_status"]
         if status == "slow":
             return None
-        if status == "not_found":
-            raise AccountNotFound(account_id)
-        if status == "voided":
-            assert tag.key is not None
-            raise ChargeVoided(account_id, tag.key)
+        if status != "ok":
+            self._fast_refusal(account_id, status, row, tag, "debit", micros)
+        entry = Entry.from_row(json.loads(row["o_entry"]))
         available = int(row["o_available"])
-        if status == "insufficient":
-            raise InsufficientCredits(
-                account_id,
-                required=from_micros(micros),
-                available=from_micros(max(0, available)),
-                tier=row["o_tier"],
-            )
-        raw = json.loads(row["o_entry"])
-        if status == "replayed":
-            assert tag.key is not None
-            refusal = key_conflict(account_id, tag.key, raw, "debit", micros)
-            if refusal is not None:
-                raise refusal
-        entry = Entry.from_row(raw)
         return Receipt(entry=entry, replayed=status == "replayed", available_micros=available)
 
     async def hold(
@@ -338,20 +322,14 @@ class Ledger(RequestStore):
     async def _fast_hold(
         self, account_id: str, micros: int, now: int, expires: int, tag: Tag
     ) -> Receipt | None:
-        """One round trip to ``credit_hold()``; None when the generic path must run."""
+        """One round trip to ``credit_begin()``; None when the generic path must run. Not
+        batched: a hold is an LLM call's, long and rare next to debits, and often made from a
+        worker's own event loop, which a batch's kept connection cannot follow."""
+        op = Op("begin", account_id, None, None, tag.key, "hold", micros, now, expires,
+                None, None, tag.layer, tag.route, tag.model, dumps(tag.metadata))  # fmt: skip
+        sql, args = op.call()
         async with self._guarded_read() as conn:
-            row = await conn.fetchrow(
-                "SELECT * FROM credit_hold($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                account_id,
-                micros,
-                now,
-                expires,
-                tag.key,
-                tag.layer,
-                tag.route,
-                tag.model,
-                dumps(tag.metadata),
-            )
+            row = await conn.fetchrow(sql, *args)
         assert row is not None
         status = row["o_status"]
         if status == "slow":
@@ -368,18 +346,7 @@ class Ledger(RequestStore):
     ) -> None:
         """Raise what the generic path raises for a server-side refusal or a mismatched replay
         (returns for a replay that matches)."""
-        if status == "not_found":
-            raise AccountNotFound(account_id)
-        if status == "voided":
-            assert tag.key is not None
-            raise ChargeVoided(account_id, tag.key)
-        if status == "insufficient":
-            raise InsufficientCredits(
-                account_id,
-                required=from_micros(micros),
-                available=from_micros(max(0, int(row["o_available"]))),
-                tier=row["o_tier"],
-            )
+        refuse(account_id, tag.key, status, row, micros)
         if status == "replayed":
             assert tag.key is not None
             refusal = key_conflict(account_id, tag.key, json.loads(row["o_entry"]), kind, micros)
@@ -398,32 +365,48 @@ class Ledger(RequestStore):
         route: str | None = None,
         model: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        late: bool = False,
     ) -> Receipt:
-        """Charge the actual amount of a hold (up to what the hold and balance cover)."""
+        """Charge the actual amount of a hold (up to what the hold and balance cover).
+
+        A hold that timed out raises ``HoldNotActive``; with ``late=True`` it is billed
+        instead, as a ``debit`` of at most the hold's amount (a call that outlived its hold is
+        not free), marked ``late`` in its metadata.
+        """
         micros, meta = self._charge(amount, round_up, metadata, allow_zero=True)
         tag = self._tag(None, layer, route, model, meta)
         hold_id = self._hold_id(hold_id)
         now = self.now_us()
         if self._fast_path and self._x.dialect == "postgresql":
-            fast = await self._fast_capture(hold_id, micros, now, tag)
+            fast = await self._fast_capture(hold_id, micros, now, tag, late)
             if fast is not None:
                 return fast
-        out = await self._run(lambda conn: _ops.capture(conn, now, hold_id, micros, tag))
+        out = await self._run(lambda conn: _ops.capture(conn, now, hold_id, micros, tag, late=late))
         return self._receipt(out)
 
-    async def _fast_capture(self, hold_id: int, micros: int, now: int, tag: Tag) -> Receipt | None:
-        """One round trip to ``credit_capture()``; None when the generic path must run."""
+    async def extend_hold(self, hold_id: int, *, timeout: timedelta | float = 300.0) -> Hold:
+        """Keep an active hold reserved ``timeout`` more from now (a long call, a stream, still
+        running); raises ``HoldNotActive`` once it was captured, released or swept away."""
+        hold_id = self._hold_id(hold_id)
+        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        if not isinstance(seconds, (int, float)) or not 0 < seconds <= 7 * 86400:
+            raise ValueError("hold timeout must be between 0 and 7 days")
+        now = self.now_us()
+        until = now + int(seconds * 1e6)
+        row = await self._run(lambda conn: _ops.extend_hold(conn, now, hold_id, until))
+        return Hold.from_row(row)
+
+    async def _fast_capture(
+        self, hold_id: int, micros: int, now: int, tag: Tag, late: bool = False
+    ) -> Receipt | None:
+        """One round trip to ``credit_finish()`` (``credit_capture()`` inside); None when the
+        generic path must run (a sweep due, a late capture, the replay of one). Not batched:
+        a batch orders its operations by account, and a capture knows only its hold."""
+        op = Op("finish", "", None, None, None, None, micros, now, hold_id, None, None,
+                tag.layer, tag.route, tag.model, dumps(tag.metadata))  # fmt: skip
+        sql, args = op.call()
         async with self._guarded_read() as conn:
-            row = await conn.fetchrow(
-                "SELECT * FROM credit_capture($1, $2, $3, $4, $5, $6, $7)",
-                hold_id,
-                micros,
-                now,
-                tag.layer,
-                tag.route,
-                tag.model,
-                dumps(tag.metadata),
-            )
+            row = await conn.fetchrow(sql, *args)
         assert row is not None
         status = row["o_status"]
         if status == "slow":
@@ -431,8 +414,13 @@ class Ledger(RequestStore):
         if status == "hold_not_found":
             raise HoldNotFound(hold_id)
         if status == "not_active":
+            if late and row["o_entry"] == "expired":
+                return None
             raise HoldNotActive(hold_id, row["o_entry"])
-        entry = Entry.from_row(json.loads(row["o_entry"]))
+        raw = json.loads(row["o_entry"] or "null")
+        if not raw or raw.get("entry_id") is None:  # the replay of a late capture
+            return None
+        entry = Entry.from_row(raw)
         if status == "replayed":
             requested = int(entry.metadata.get("requested_micros") or entry.amount_micros)
             if requested != micros:
