@@ -22,6 +22,7 @@ class Entry:
     key: str | None
     ref_entry_id: int | None
     created_at: float  # seconds (the ledger stores µs)
+    hold_id: int | None = None  # a hold, capture or release: the hold it moved
 
 
 @dataclass
@@ -55,7 +56,8 @@ async def read_books(url: str, users: list[str]) -> Books:
     try:
         rows = await conn.fetch(
             "SELECT entry_id, account_id, kind, amount, idempotency_key, ref_entry_id,"
-            " created_at FROM credit_entries WHERE account_id = ANY($1) ORDER BY entry_id",
+            " created_at, hold_id FROM credit_entries WHERE account_id = ANY($1)"
+            " ORDER BY entry_id",
             users,
         )
         books.entries = [
@@ -67,6 +69,7 @@ async def read_books(url: str, users: list[str]) -> Books:
                 r["idempotency_key"],
                 r["ref_entry_id"],
                 r["created_at"] / 1_000_000,
+                r["hold_id"],
             )
             for r in rows
         ]

@@ -34,11 +34,19 @@ TRIAL_SOURCE = "trial"
 RETRY_STATUSES = (503, 409)
 #: the shape of the suite's own keys (uuid4 hex)
 CLIENT_KEY = re.compile(r"[0-9a-f]{32}")
+#: the shape of a charge id the middleware makes (``Credit-Charge-Id``), also found inside the
+#: key of a hold the handler took for it (the example's chat route: ``litellm:<charge id>``)
+CHARGE_ID_SHAPE = re.compile(r"c_[0-9a-f]{24}")
 
 
 def is_replay(headers: dict[str, str]) -> bool:
     """Whether a response says it is a stored replay."""
     return headers.get(REPLAYED.lower(), "").strip().lower() == "true"
+
+
+def charge_ids_in(entry_key: str | None) -> list[str]:
+    """The charge ids an entry's key may contain (a hold keyed in a namespace of its own)."""
+    return CHARGE_ID_SHAPE.findall(entry_key or "")
 
 
 def client_keys_in(entry_key: str | None) -> list[str]:

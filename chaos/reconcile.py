@@ -73,7 +73,10 @@ BAD_CHARGES = (
 
 
 class _Placer:
-    def __init__(self, calls: list[Call]) -> None:
+    def __init__(self, calls: list[Call], entries: list[Entry]) -> None:
+        self.hold_keys = {
+            e.hold_id: e.key for e in entries if e.kind == "hold" and e.hold_id and e.key
+        }
         self.by_user: dict[str, list[tuple[float, Call, Attempt]]] = {}
         self.by_key: dict[str, Call] = {}
         self.charge_ids: dict[str, Call] = {}
@@ -87,10 +90,19 @@ class _Placer:
             seq.sort(key=lambda item: item[0])
         self._times = {u: [t for t, _, _ in seq] for u, seq in self.by_user.items()}
 
+    def key_of(self, entry: Entry) -> str:
+        """The entry's key; a capture carries none of its own: it is the charge of the hold
+        it settled, which may have been written long after its call was answered (a
+        settlement kept for later), so it goes by its hold's key."""
+        return entry.key or self.hold_keys.get(entry.hold_id or 0) or ""
+
     def call_of(self, entry: Entry) -> Call | None:
-        key = entry.key or ""
+        key = self.key_of(entry)
         if key in self.charge_ids:
             return self.charge_ids[key]
+        for part in contract.charge_ids_in(key):
+            if part in self.charge_ids:
+                return self.charge_ids[part]
         for part in contract.client_keys_in(key):
             if part in self.by_key:
                 return self.by_key[part]
@@ -113,7 +125,7 @@ class _Placer:
 
 def reconcile(calls: list[Call], books: Books, faults: list[Fault]) -> Figures:
     fig = Figures()
-    placer = _Placer(calls)
+    placer = _Placer(calls, books.entries)
     attempts = [(c, a) for c in calls for a in c.attempts]
     for _, a in attempts:
         fig.statuses[status_class(a)] += 1
@@ -133,7 +145,12 @@ def reconcile(calls: list[Call], books: Books, faults: list[Fault]) -> Figures:
             verdict = _VERDICT.get(status_class(attempt), "charged_refusal")
             if billed[id(attempt)] > 1:
                 verdict = "double"
-            elif verdict == "served" and not resumed and attempt.charge_id not in (None, entry.key):
+            elif (
+                verdict == "served"
+                and not resumed
+                and attempt.charge_id not in (None, entry.key)
+                and attempt.charge_id not in contract.charge_ids_in(placer.key_of(entry))
+            ):
                 mismatched += 1  # the response named another charge id than the entry has
                 _note(fig, "charge_id_mismatch", f"{attempt.charge_id} vs {entry.key}")
         fig.charges[verdict] += 1

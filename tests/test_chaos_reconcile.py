@@ -121,3 +121,21 @@ def test_undocumented_5xx_trials_and_verify_fail() -> None:
         "users with more than one trial": 1,
         "verify discrepancies": 1,
     }
+
+
+def test_a_capture_written_after_its_call_was_answered_goes_by_its_holds_key() -> None:
+    """A handler-billed call's capture kept for later (the ledger was down as the call
+    ended) lands after the user's next call got a 503: it is the served call's charge, found
+    through its hold's key, not the 503's (placing it by time would blame the 503)."""
+    k = KEYS
+    served_id, refused_id = "c_" + "1" * 24, "c_" + "2" * 24
+    calls = [
+        call(k["a"], attempt(1, 200, credit_charge_id=served_id), route="chat"),
+        call(k["b"], attempt(3, 503, retry_after="5", credit_charge_id=refused_id), route="chat"),
+    ]
+    hold = Entry(next(_ids), USER, "hold", 1000, f"litellm:{served_id}", None, 1.1, hold_id=7)
+    late = Entry(next(_ids), USER, "capture", 400, None, None, 3.2, hold_id=7)
+    assert failing(calls, books(hold, late)) == {}
+    figures = reconcile(calls, books(hold, late), [])
+    assert figures.charges["served"] == 1
+    assert figures.counts["charge_id_mismatches"] == 0
