@@ -9,7 +9,6 @@ the attempt serving it; a lease says how long that attempt may take before a ret
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..errors import IdempotencyInFlight, IdempotencyMismatch
@@ -193,18 +192,27 @@ async def free_charged(conn: Conn, account_id: str, charge_key: str) -> None:
 
 
 async def purge(conn: Conn, now: int, limit: int = 1000) -> int:
-    """Delete up to ``limit`` expired request rows; returns how many."""
-    rows: Sequence[Row] = await conn.fetch(
-        "SELECT account_id, request_key FROM credit_requests WHERE expires_at <= $1 LIMIT $2",
+    """Delete up to ``limit`` expired request rows in one statement; returns how many.
+
+    Set-based (the rows found by the expiry index and deleted together), not one round trip
+    per row. On PostgreSQL a row that a request is claiming right now (locked) is skipped,
+    not waited for: it is left to the next batch, and the purge never queues behind a request.
+    """
+    if conn.dialect == "postgresql":
+        return int(
+            await conn.fetchval(
+                "WITH gone AS (DELETE FROM credit_requests WHERE ctid = ANY(ARRAY("
+                " SELECT ctid FROM credit_requests WHERE expires_at <= $1"
+                " LIMIT $2 FOR UPDATE SKIP LOCKED)) AND expires_at <= $1 RETURNING 1)"
+                " SELECT COUNT(*) FROM gone",
+                now,
+                limit,
+            )
+        )
+    await conn.execute(
+        "DELETE FROM credit_requests WHERE rowid IN ("
+        " SELECT rowid FROM credit_requests WHERE expires_at <= $1 LIMIT $2)",
         now,
         limit,
     )
-    for r in rows:
-        await conn.execute(
-            "DELETE FROM credit_requests WHERE account_id = $1 AND request_key = $2"
-            " AND expires_at <= $3",
-            r["account_id"],
-            r["request_key"],
-            now,
-        )
-    return len(rows)
+    return int(await conn.fetchval("SELECT changes()"))

@@ -24,7 +24,7 @@ from ..errors import (
     LedgerError,
 )
 from ..money import check_account_id, check_key, cost_to_micros, from_micros, to_micros
-from . import _ops, _pgschema, _search, _tiers, _verify
+from . import _audit, _ops, _pgschema, _search, _tiers
 from ._batch import DebitBatcher, DebitItem
 from ._executor import AsyncpgExecutor, Conn, Executor, Row
 from ._search import RouteUsage, check_query
@@ -803,9 +803,30 @@ class Ledger(RequestStore):
         )
         return [Hold.from_row(r) for r in rows]
 
-    async def verify(self) -> VerifyReport:
-        """Check the four invariants over the whole ledger; lists every discrepancy."""
-        return await self._run(_verify.verify, write=False)
+    async def verify(
+        self,
+        *,
+        incremental: bool = False,
+        resume: bool = False,
+        checkpoint: bool = False,
+        progress: Callable[[_audit.VerifyProgress], None] | None = None,
+        budget: int = _audit.BUDGET,
+    ) -> VerifyReport:
+        """Check the four invariants, account by account in slices of about ``budget``
+        entries (no statement near a timeout, whatever the ledger's size); lists every
+        discrepancy (up to 1,000). ``checkpoint`` records progress and, when clean, the point
+        ``incremental`` starts from (the accounts with an entry since); ``resume`` continues
+        an interrupted checkpointed run. ``progress`` is called after every slice."""
+        audit = _audit.Audit(
+            self._x,
+            self.now_us,
+            budget=budget,
+            progress=progress,
+            checkpoint=checkpoint or incremental or resume,
+        )
+        if incremental:
+            return await audit.incremental()
+        return await audit.full(resume=resume)
 
     async def tier_history(self, account_id: str, *, limit: int = 50) -> list[TierChange]:
         """The account's tier changes, newest first (empty if it never changed)."""

@@ -19,6 +19,7 @@ from ._pgfunctions import (
     PG_PROVISION_V5,
 )
 from ._pgholds import PG_HOLDS
+from ._scale_schema import scale_schema
 
 VERSION_TABLE = "credit_schema_version"
 # A fixed key for pg_advisory_xact_lock, so processes starting at once migrate one at a time.
@@ -256,11 +257,13 @@ def migrations(dialect: Dialect) -> Sequence[tuple[int, str, str]]:
             (6, "account events (tier audit)", _events(dialect)),
             (7, "group commit; server-side hold and capture", PG_DEBIT_MANY + PG_HOLDS),
             (8, "in-place (HOT) updates of grants and accounts", _PG_HOT_UPDATES),
+            (9, "operators at scale: search indexes, rollups, checkpoints", scale_schema(dialect)),
         ]
     return [
         (1, "ledger tables", _core(dialect) + _SQLITE_APPEND_ONLY),
         (4, "idempotent requests and charge voids", _requests(dialect)),
         (6, "account events (tier audit)", _events(dialect)),
+        (9, "operators at scale: search indexes, rollups, checkpoints", scale_schema(dialect)),
     ]
 
 
