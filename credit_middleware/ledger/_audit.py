@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import LedgerError
+from ._bulk import in_set, set_arg, snapshot
 from ._executor import Conn, Executor
 from ._fence import fence
 from ._verify import (
@@ -32,10 +33,7 @@ from ._verify import (
     SliceResult,
     account_checks,
     entry_checks,
-    in_set,
     key_walk,
-    set_arg,
-    snapshot,
 )
 from .models import Discrepancy, VerifyReport
 
@@ -208,7 +206,7 @@ class Audit:
 
         async def check(conn: Conn) -> int:
             carries: dict[str, Carry] = {}
-            async with snapshot(conn):
+            async with snapshot(conn, by_index=True):
                 await entry_checks(conn, self._out, carries, accounts=accounts)
                 return await account_checks(conn, self._out, accounts, carries)
 
@@ -221,7 +219,7 @@ class Audit:
         while True:
 
             async def page(conn: Conn, lo: int = after) -> tuple[int, bool, int]:
-                async with snapshot(conn):
+                async with snapshot(conn, by_index=True):
                     hi = await conn.fetchval(
                         "SELECT entry_id FROM credit_entries WHERE account_id = $1"
                         " AND entry_id > $2 ORDER BY entry_id LIMIT 1 OFFSET $3",

@@ -12,10 +12,11 @@ from typing import Any
 
 from ..money import from_micros
 from ._executor import Conn
+from ._sums import exact_sum, total
 from ._tx import ACCOUNT_COLS
 from .models import Account
 
-__all__ = ["RouteUsage", "search_accounts", "usage_by_route"]
+__all__ = ["RouteUsage", "by_net", "route_usage_from_entries", "search_accounts"]
 
 _MAX_QUERY = 255
 _JSON_TEXT = {
@@ -82,29 +83,34 @@ class RouteUsage:
         }
 
 
-async def usage_by_route(conn: Conn, lo: int, hi: int, account_id: str | None) -> list[RouteUsage]:
-    """Debits and captures per route written in [lo, hi), with the refunds made against them."""
+def by_net(rows: list[tuple[str, int, int, int]]) -> list[RouteUsage]:
+    """(route, calls, charged, refunded) rows as :class:`RouteUsage`, largest net first."""
+    out = [RouteUsage(*r) for r in rows]
+    return sorted(out, key=lambda u: (-(u.charged_micros - u.refunded_micros), u.route))
+
+
+async def route_usage_from_entries(
+    conn: Conn, lo: int, hi: int, account_id: str | None
+) -> list[tuple[str, int, int, int]]:
+    """Debits and captures per route written in [lo, hi), with the refunds made against them,
+    counted from the entries (exact sums)."""
     where = "e.created_at >= $1 AND e.created_at < $2"
     args: list[Any] = [lo, hi]
     if account_id is not None:
         where += " AND e.account_id = $3"
         args.append(account_id)
     charged = await conn.fetch(
-        "SELECT COALESCE(e.route, '') AS route, COUNT(*) AS calls, SUM(e.amount) AS micros"
+        f"SELECT COALESCE(e.route, '') AS route, COUNT(*) AS calls, {exact_sum('e.amount', 's')}"
         f" FROM credit_entries e WHERE e.kind IN ('debit', 'capture') AND {where}"
         " GROUP BY COALESCE(e.route, '')",
         *args,
     )
     refunded = await conn.fetch(
-        "SELECT COALESCE(c.route, '') AS route, SUM(e.amount) AS micros"
+        f"SELECT COALESCE(c.route, '') AS route, {exact_sum('e.amount', 's')}"
         " FROM credit_entries e JOIN credit_entries c ON c.entry_id = e.ref_entry_id"
         f" WHERE e.kind = 'refund' AND {where} GROUP BY COALESCE(c.route, '')",
         *args,
     )
-    back = {r["route"]: int(r["micros"]) for r in refunded}
-    out = [
-        RouteUsage(r["route"], int(r["calls"]), int(r["micros"]), back.pop(r["route"], 0))
-        for r in charged
-    ]
-    out += [RouteUsage(route, 0, 0, micros) for route, micros in back.items()]
-    return sorted(out, key=lambda u: (-(u.charged_micros - u.refunded_micros), u.route))
+    back = {r["route"]: total(r, "s") for r in refunded}
+    out = [(r["route"], int(r["calls"]), total(r, "s"), back.pop(r["route"], 0)) for r in charged]
+    return out + [(route, 0, 0, micros) for route, micros in back.items()]

@@ -12,13 +12,13 @@ Sums are exact on both backends (``_sums``).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..money import from_micros
-from ._executor import Conn, Dialect
+from ._bulk import in_set, set_arg
+from ._executor import Conn
 from ._sums import exact_sum, total
 from .models import Discrepancy
 
@@ -28,28 +28,12 @@ __all__ = [
     "SliceResult",
     "account_checks",
     "entry_checks",
-    "in_set",
     "key_walk",
-    "set_arg",
-    "snapshot",
 ]
 
 LIMIT = 1000  # discrepancies listed at most (per check and slice, and per run)
 
-_SET = {
-    "postgresql": "{col} = ANY($1::text[])",
-    "sqlite": "{col} IN (SELECT value FROM json_each($1))",
-}
 _PAGE = "e.account_id = $1 AND e.entry_id > $2 AND e.entry_id <= $3"
-_BEGIN = {"postgresql": "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", "sqlite": None}
-
-
-def in_set(dialect: Dialect, col: str) -> str:
-    return _SET[dialect].format(col=col)
-
-
-def set_arg(dialect: Dialect, ids: Sequence[str]) -> Any:
-    return list(ids) if dialect == "postgresql" else json.dumps(list(ids))
 
 
 def _m(value: int) -> str:
@@ -74,30 +58,6 @@ class SliceResult:
     def add(self, invariant: int, account_id: str | None, detail: str) -> None:
         if len(self.found) < LIMIT:
             self.found.append(Discrepancy(invariant, account_id, detail))
-
-
-class snapshot:
-    """One consistent read for a slice's statements (PostgreSQL: a repeatable-read, read-only
-    transaction; SQLite's read already is one)."""
-
-    def __init__(self, conn: Conn) -> None:
-        self.conn = conn
-
-    async def __aenter__(self) -> Conn:
-        begin = _BEGIN[self.conn.dialect]
-        if begin:
-            await self.conn.execute(begin)
-            # a slice is a few thousand rows found by index: never a scan of a whole table to
-            # hash (the planner's guess for a list of accounts is off by several times, and
-            # a table grows), and no JIT or parallel workers, which cost more than they save
-            for setting in ("enable_hashjoin", "enable_mergejoin", "jit"):
-                await self.conn.execute(f"SET LOCAL {setting} = off")
-            await self.conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
-        return self.conn
-
-    async def __aexit__(self, *exc: object) -> None:
-        if _BEGIN[self.conn.dialect]:
-            await self.conn.execute("COMMIT")  # read only: nothing to keep or lose
 
 
 async def entry_checks(
