@@ -17,6 +17,7 @@ writer holds is above every committed one, so the largest visible id is a fence 
 from __future__ import annotations
 
 import asyncio
+import time
 
 from ..errors import BackendUnavailable
 from ._executor import Conn, Executor
@@ -25,7 +26,8 @@ __all__ = ["LOCK_TIMEOUT_MS", "fence"]
 
 #: How long a writer may wait behind a fence (and a fence behind the writers), at most.
 LOCK_TIMEOUT_MS = 100
-_ATTEMPTS = 8
+#: How long a fence is tried for (a try each ``LOCK_TIMEOUT_MS``, a short pause between).
+PATIENCE = 5.0
 
 # table -> (the id column on PostgreSQL, on SQLite)
 _IDS = {
@@ -35,9 +37,10 @@ _IDS = {
 }
 
 
-async def fence(executor: Executor, table: str) -> int:
+async def fence(executor: Executor, table: str, *, patience: float | None = None) -> int:
     """The largest id of ``table`` below which (inclusive) every row is committed or never will
-    be. Raises :class:`BackendUnavailable` when the ledger stays too busy to take one."""
+    be. Raises :class:`BackendUnavailable` when a transaction writing to the table stays open
+    for ``patience`` seconds (nothing is rolled up past it meanwhile)."""
     pg_column, sqlite_column = _IDS[table]
     if executor.dialect == "sqlite":
 
@@ -52,11 +55,13 @@ async def fence(executor: Executor, table: str) -> int:
         await conn.execute(f"LOCK TABLE {table} IN SHARE MODE")
         return int(await conn.fetchval(f"SELECT COALESCE(MAX({pg_column}), 0) FROM {table}"))
 
-    for attempt in range(_ATTEMPTS):
+    deadline = time.monotonic() + (PATIENCE if patience is None else patience)
+    while True:
         try:
             return await executor.run(fenced)
         except Exception as exc:
             if getattr(exc, "sqlstate", None) != "55P03":  # lock_not_available
                 raise
-        await asyncio.sleep(0.02 * (attempt + 1))
-    raise BackendUnavailable("database", f"{table} stayed too busy to fence ({_ATTEMPTS} tries)")
+        if time.monotonic() >= deadline:
+            raise BackendUnavailable("database", f"{table} stayed too busy to fence")
+        await asyncio.sleep(0.02)  # the writers that queued behind the try go first

@@ -107,13 +107,14 @@ class _Fold:
             self.created.append(int(e["grant_id"]))
 
 
-async def refresh(executor: Executor, now_us: int) -> int:
-    """Roll up every entry and account committed before now; returns how many entries."""
+async def refresh(executor: Executor, now_us: int, *, patience: float | None = None) -> int:
+    """Roll up every entry and account committed before now; returns how many entries.
+    Raises ``BackendUnavailable`` when a writer keeps the fence away for ``patience`` s."""
     todo = await executor.run(_pending, write=False)
     if not todo:
         return 0
-    entries = await fence(executor, "credit_entries")
-    accounts = await fence(executor, "credit_accounts")
+    entries = await fence(executor, "credit_entries", patience=patience)
+    accounts = await fence(executor, "credit_accounts", patience=patience)
     done = 0
     while True:
 
