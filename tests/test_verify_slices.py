@@ -8,14 +8,16 @@ import asyncio
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from credit_middleware import Ledger
 from credit_middleware.cli import main
 from credit_middleware.errors import LedgerError
-from credit_middleware.ledger._audit import VerifyProgress
+
+if TYPE_CHECKING:
+    from credit_middleware.ledger._audit import VerifyProgress
 
 pytestmark = pytest.mark.anyio
 
