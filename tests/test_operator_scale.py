@@ -123,6 +123,35 @@ async def test_debits_keep_within_their_timeout_while_verify_report_and_purge_ru
         await ledger.close()
 
 
+async def _after(awaitable: Any, name: str, order: list[str]) -> None:
+    await awaitable
+    order.append(name)
+
+
+@pytest.mark.anyio
+async def test_the_embedded_ledger_serves_a_debit_in_the_middle_of_verify_and_of_a_report(
+    sqlite_url: str,
+) -> None:
+    """SQLite has one thread for everything: an operator's read of the whole ledger in one
+    go would hold every debit until it ends. In slices and batches, a debit gets in between."""
+    first = Ledger(sqlite_url, clock=_clock)
+    await first.migrate()
+    await first.close()
+    await _bulk(sqlite_url, build_statements("sqlite", Shape(100_000)))
+    ledger = Ledger(sqlite_url, clock=_clock)
+    try:
+        for name, action in (("verify", ledger.verify), ("report", lambda: build_report(ledger))):
+            order: list[str] = []
+            running = asyncio.create_task(_after(action(), name, order))
+            await asyncio.sleep(0)  # the operator's first step is submitted first
+            await ledger.debit("user-21", "0.001", route="/v1/chat")
+            order.append("debit")
+            await running
+            assert order == ["debit", name]
+    finally:
+        await ledger.close()
+
+
 # ---------------------------------------------------------------------------- purge
 
 
