@@ -397,7 +397,7 @@ async def test_report_sums_past_64_bits_are_exact_and_the_dashboard_answers(
     assert usage.status_code == 200  # a period within a day counts its entries: exact too
     total = 3 * micros
     for source in ("rollups", "entries"):
-        rows = await ledger.report_rows(-OPEN, OPEN, 10, source=source)  # type: ignore[arg-type]
+        rows = await ledger.report_rows(-OPEN, OPEN, 10, source=source)
         assert {r["source"]: r["s"] for r in rows.granted} == {"purchase": total}
         assert sum(r["s"] for r in rows.entries if r["kind"] == "grant") == total
     verified = await ledger.verify()

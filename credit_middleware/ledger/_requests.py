@@ -191,28 +191,35 @@ async def free_charged(conn: Conn, account_id: str, charge_key: str) -> None:
     )
 
 
+_PURGE = (
+    "DELETE FROM credit_requests WHERE ctid = ANY(ARRAY("
+    " SELECT ctid FROM credit_requests WHERE expires_at <= $1 LIMIT $2{lock}))"
+    " AND expires_at <= $1"
+)
+
+
 async def purge(conn: Conn, now: int, limit: int = 1000) -> int:
     """Delete up to ``limit`` expired request rows in one statement; returns how many.
 
-    Set-based (the rows found by the expiry index and deleted together), not one round trip
-    per row. On PostgreSQL a row that a request is claiming right now (locked) is skipped,
-    not waited for: it is left to the next batch, and the purge never queues behind a request.
+    Set-based (the rows found together and deleted together), not one round trip per row.
+    On PostgreSQL a row that a request is claiming right now (locked) is waited for at most
+    50 ms; then the batch is taken again without the rows locked at that moment (``SKIP
+    LOCKED``, which costs a lock per row: only then), so the purge never queues behind a
+    request. A row renewed meanwhile is no longer expired and stays.
     """
     if conn.dialect == "postgresql":
-        return int(
-            await conn.fetchval(
-                "WITH gone AS (DELETE FROM credit_requests WHERE ctid = ANY(ARRAY("
-                " SELECT ctid FROM credit_requests WHERE expires_at <= $1"
-                " LIMIT $2 FOR UPDATE SKIP LOCKED)) AND expires_at <= $1 RETURNING 1)"
-                " SELECT COUNT(*) FROM gone",
-                now,
-                limit,
-            )
-        )
-    await conn.execute(
+        await conn.execute("SET LOCAL lock_timeout = '50ms'")
+        await conn.execute("SAVEPOINT purge")
+        try:
+            return await conn.execute_count(_PURGE.format(lock=""), now, limit)
+        except Exception as exc:
+            if getattr(exc, "sqlstate", None) != "55P03":  # lock_not_available
+                raise
+        await conn.execute("ROLLBACK TO SAVEPOINT purge")
+        return await conn.execute_count(_PURGE.format(lock=" FOR UPDATE SKIP LOCKED"), now, limit)
+    return await conn.execute_count(
         "DELETE FROM credit_requests WHERE rowid IN ("
         " SELECT rowid FROM credit_requests WHERE expires_at <= $1 LIMIT $2)",
         now,
         limit,
     )
-    return int(await conn.fetchval("SELECT changes()"))
