@@ -3,9 +3,9 @@
 An action that should not grow with the ledger may grow at most 3x per 10x entries (between
 two sizes a factor f apart: 3 ** log10(f)), plus 2 ms for the timer's and the machine's noise
 on figures of a few milliseconds. The purge of the expired records may take at most 3x one
-plain ``DELETE`` of the same rows (the median of 5 rounds, at the run's largest size). With sizes 10k and 1M in the run (``make bench-scale``),
-the dashboard and the account page at 1M are held to 3x their 10k figures too (issue 21's
-acceptance).
+plain ``DELETE`` of the same rows (the median of 5 rounds, at the run's largest size). With
+sizes 10k and 1M in the run (``make bench-scale``), the dashboard and the account page at 1M
+are held to 3x their 10k figures too (issue 21's acceptance).
 """
 
 from __future__ import annotations
