@@ -150,6 +150,19 @@ async def _build(place: _Place, shape: Shape) -> tuple[str, float]:
     return url, time.perf_counter() - started
 
 
+async def _request_bytes(conn: Any) -> float:
+    """What the idempotency store keeps per record, its indexes included."""
+    rows = int(await conn.fetchval("SELECT COUNT(*) FROM credit_requests"))
+    if conn.dialect == "postgresql":
+        size = await conn.fetchval("SELECT pg_total_relation_size('credit_requests')")
+    else:
+        size = await conn.fetchval(
+            "SELECT SUM(pgsize) FROM dbstat WHERE name = 'credit_requests'"
+            " OR name LIKE 'credit_requests_%' OR name LIKE 'sqlite_autoindex_credit_requests%'"
+        )
+    return int(size or 0) / rows if rows else 0.0
+
+
 async def _purge(ledger: Ledger, rounds: int = 5) -> dict[str, float]:
     """The expired records purged in set-based batches, then as many again by one plain
     DELETE, in turn for a few rounds (medians: the two are measured alike on a busy machine).
@@ -184,6 +197,7 @@ async def _purge(ledger: Ledger, rounds: int = 5) -> dict[str, float]:
 
     purges, deletes, purged = [], [], 0
     await vacuum()
+    stored = await ledger._x.run(_request_bytes, write=False)
     for r in range(rounds):
         if r:
             await refill(f"p{r}")
@@ -198,6 +212,7 @@ async def _purge(ledger: Ledger, rounds: int = 5) -> dict[str, float]:
         "purged": purged,
         "purge_rows_per_s": purged / took if took else 0.0,
         "plain_delete_s": one,
+        "bytes_per_request": stored,
         "purge_vs_plain_delete": statistics.median(
             p / d for p, d in zip(purges, deletes, strict=True)
         ),

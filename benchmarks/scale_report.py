@@ -145,8 +145,10 @@ def markdown(results: dict[str, Any]) -> str:
         rates = [f"{per_size[str(n)]['purge_rows_per_s']:,.0f}/s" for n in have]
         versus = [f"{per_size[str(n)]['purge_vs_plain_delete']:.2f}x" for n in have]
         out.append("")
+        stored = [f"{per_size[str(n)].get('bytes_per_request', 0):,.0f}" for n in have]
         out.append(
             f"Purge rate: {', '.join(rates)}; against one plain DELETE: {', '.join(versus)}."
+            f" Bytes per stored request (indexes included): {', '.join(stored)}."
         )
     out += ["", "\\* reads every entry by design (bounded per statement): reported, not gated.", ""]
     failed = [c for c in results.get("gate", []) if c["result"] == "FAIL"]
