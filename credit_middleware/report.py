@@ -36,10 +36,8 @@ from .money import from_micros
 
 __all__ = ["CohortStats", "Report", "build_report", "render_text"]
 
-DAY_US = 86_400 * 1_000_000
 EAGER_LAYERS = ("signup", "webhook")
 FALLBACK_LAYERS = ("request", "litellm")
-NO_COHORT = "(none)"
 _MIN_US, _MAX_US = -(2**62), 2**62
 
 

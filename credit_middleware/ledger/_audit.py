@@ -18,13 +18,13 @@ was found clean.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import LedgerError
 from ._bulk import in_set, set_arg, snapshot
+from ._checkpoints import Checkpoint, Checkpoints
 from ._executor import Conn, Executor
 from ._fence import fence
 from ._verify import (
@@ -35,7 +35,7 @@ from ._verify import (
     entry_checks,
     key_walk,
 )
-from .models import Discrepancy, VerifyReport
+from .models import VerifyReport
 
 __all__ = ["BUDGET", "Audit", "VerifyProgress"]
 
@@ -58,12 +58,6 @@ _ESTIMATE = {
     " WHERE oid = 'credit_accounts'::regclass",
     "sqlite": "SELECT COALESCE(MAX(rowid), 0) FROM credit_accounts",
 }
-_SAVE = (
-    "INSERT INTO credit_verify_checkpoints (name, entry_mark, cursor, accounts, entries, found,"
-    " updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO UPDATE SET"
-    " entry_mark = excluded.entry_mark, cursor = excluded.cursor, accounts = excluded.accounts,"
-    " entries = excluded.entries, found = excluded.found, updated_at = excluded.updated_at"
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +88,7 @@ class Audit:
         if not isinstance(budget, int) or not 10 <= budget <= 1_000_000:
             raise ValueError("budget must be between 10 and 1,000,000 entries")
         self._x = executor
-        self._now = now_us
+        self._points = Checkpoints(executor, now_us)
         self._budget = budget
         self._progress = progress
         self._checkpoint = checkpoint
@@ -111,12 +105,12 @@ class Audit:
         interrupted checkpointed run finished)."""
         scope = "full"
         if self._checkpoint:
-            run = await self._load("run") if resume else None
+            run = await self._points.load("run") if resume else None
             if run is not None:
                 scope = "resumed"
-                self._mark, self._cursor = int(run["entry_mark"]), str(run["cursor"] or "")
-                self._accounts, self._out.entries = int(run["accounts"]), int(run["entries"])
-                self._out.found = [Discrepancy(*d) for d in json.loads(run["found"])]
+                self._mark, self._cursor = run.mark, run.cursor
+                self._accounts, self._out.entries = run.accounts, run.entries
+                self._out.found = list(run.found)
             else:
                 self._mark = await fence(self._x, "credit_entries")
         self._total = await self._x.run(self._estimate, write=False)
@@ -125,10 +119,10 @@ class Audit:
 
     async def incremental(self) -> VerifyReport:
         """Only the accounts with an entry after the last clean run's fence."""
-        clean = await self._load("clean")
+        clean = await self._points.load("clean")
         if clean is None:
             raise LedgerError("no clean verify recorded yet: run a full `verify` first")
-        since = int(clean["entry_mark"])
+        since = clean.mark
         self._mark = await fence(self._x, "credit_entries")
         changed = await self._changed(since, self._mark)
         self._total = len(changed)
@@ -271,7 +265,7 @@ class Audit:
         self._cursor = account_id
         self._report()
         if self._checkpoint:  # one small write per slice: a run stopped anywhere resumes
-            await self._save("run", self._cursor)
+            await self._points.save("run", self._point())
 
     def _report(self) -> None:
         if self._progress is not None:
@@ -281,40 +275,12 @@ class Audit:
 
     # ------------------------------------------------------------------ checkpoints
 
-    async def _finish(self, scope: str) -> VerifyReport:
+    def _point(self) -> Checkpoint:
         found = tuple(self._out.found[:LIMIT])
+        return Checkpoint(self._mark, self._cursor, self._accounts, self._out.entries, found)
+
+    async def _finish(self, scope: str) -> VerifyReport:
+        point = self._point()
         if self._checkpoint:
-
-            async def settle(conn: Conn) -> None:
-                await conn.execute("DELETE FROM credit_verify_checkpoints WHERE name = 'run'")
-                if not found:
-                    await self._write(conn, "clean", None)
-
-            await self._x.run(settle)
-        return VerifyReport(self._accounts, self._out.entries, found, scope=scope)
-
-    async def _load(self, name: str) -> Any:
-        return await self._x.run(
-            lambda conn: conn.fetchrow(
-                "SELECT entry_mark, cursor, accounts, entries, found"
-                " FROM credit_verify_checkpoints WHERE name = $1",
-                name,
-            ),
-            write=False,
-        )
-
-    async def _save(self, name: str, cursor: str | None) -> None:
-        await self._x.run(lambda conn: self._write(conn, name, cursor))
-
-    async def _write(self, conn: Conn, name: str, cursor: str | None) -> None:
-        found = json.dumps([[d.invariant, d.account_id, d.detail] for d in self._out.found])
-        await conn.execute(
-            _SAVE,
-            name,
-            self._mark,
-            cursor,
-            self._accounts,
-            self._out.entries,
-            found,
-            self._now(),
-        )
+            await self._points.finish(point)
+        return VerifyReport(point.accounts, point.entries, point.found, scope=scope)
