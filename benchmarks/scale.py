@@ -99,15 +99,18 @@ class _Place:
         head, _, query = BASE_URL.partition("?")
         return head.rsplit("/", 1)[0] + f"/{db}" + (f"?{query}" if query else "")
 
+    async def _admin(self, db: str, sql: str) -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(self._admin_url(db))
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
     async def open(self) -> None:
         if self.backend == "postgresql":
-            import asyncpg
-
-            conn = await asyncpg.connect(self._admin_url("postgres"))
-            try:
-                await conn.execute(f'CREATE DATABASE "{self.name}"')
-            finally:
-                await conn.close()
+            await self._admin("postgres", f'CREATE DATABASE "{self.name}"')
 
     def url(self, entries: int) -> str:
         if self.backend == "sqlite":
@@ -117,25 +120,13 @@ class _Place:
     async def close(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
         if self.backend == "postgresql":
-            import asyncpg
-
-            conn = await asyncpg.connect(self._admin_url("postgres"))
-            try:
-                await conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
-            finally:
-                await conn.close()
+            await self._admin("postgres", f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
 
 async def _build(place: _Place, shape: Shape) -> tuple[str, float]:
     url = place.url(shape.entries)
     if place.backend == "postgresql":
-        import asyncpg
-
-        conn = await asyncpg.connect(place._admin_url(place.name))
-        try:
-            await conn.execute(f"CREATE SCHEMA s{shape.entries}")
-        finally:
-            await conn.close()
+        await place._admin(place.name, f"CREATE SCHEMA s{shape.entries}")
     ledger = Ledger(url, clock=_clock, timeout=60)
     await ledger.migrate()
     await ledger.close()

@@ -42,6 +42,20 @@ async def _bulk(url: str, statements: list[str]) -> None:
         await fill_postgres(url, statements)
 
 
+async def _bulk_ledger(url: str, entries: int, expired: int = 0) -> Ledger:
+    """A migrated ledger of ``entries`` entries (and ``expired`` expired requests), built in
+    bulk; the ledger's clock a day after its last entry."""
+    first = Ledger(url, clock=_clock)
+    await first.migrate()
+    dialect = first.dialect
+    await first.close()
+    rows = build_statements(dialect, Shape(entries))
+    if expired:
+        rows += requests_statements(dialect, expired, 50, NOW_US)
+    await _bulk(url, rows)
+    return Ledger(url, clock=_clock, timeout=TIMEOUT)
+
+
 async def _expired_requests(ledger: Ledger, expired: int, live: int) -> None:
     async def write(conn: Conn) -> None:
         for sql in requests_statements(conn.dialect, expired, live, ledger.now_us()):
@@ -68,16 +82,8 @@ TIMEOUT = 3.0  # the middleware's default backend timeout
 async def test_debits_keep_within_their_timeout_while_verify_report_and_purge_run(
     ledger_url: str,
 ) -> None:
-    first = Ledger(ledger_url, clock=_clock)
-    await first.migrate()
-    dialect = first.dialect
-    await first.close()
     shape = Shape(200_000)
-    await _bulk(
-        ledger_url,
-        build_statements(dialect, shape) + requests_statements(dialect, 20_000, 50, NOW_US),
-    )
-    ledger = Ledger(ledger_url, clock=_clock, timeout=TIMEOUT)
+    ledger = await _bulk_ledger(ledger_url, shape.entries, expired=20_000)
     stop = asyncio.Event()
     failures: list[str] = []
     debits = 0
@@ -134,11 +140,7 @@ async def test_the_embedded_ledger_serves_a_debit_in_the_middle_of_verify_and_of
 ) -> None:
     """SQLite has one thread for everything: an operator's read of the whole ledger in one
     go would hold every debit until it ends. In slices and batches, a debit gets in between."""
-    first = Ledger(sqlite_url, clock=_clock)
-    await first.migrate()
-    await first.close()
-    await _bulk(sqlite_url, build_statements("sqlite", Shape(100_000)))
-    ledger = Ledger(sqlite_url, clock=_clock)
+    ledger = await _bulk_ledger(sqlite_url, 100_000)
     try:
         for name, action in (("verify", ledger.verify), ("report", lambda: build_report(ledger))):
             order: list[str] = []

@@ -112,18 +112,20 @@ async def _play(ledger: Ledger, clock: Clock, prefix: str, plan: list[Any]) -> l
     """Run the steps; a refusal (no account, not enough credits, ...) is part of the game."""
     ids = [f"{prefix}-{i}" for i in range(6)]
     charges: dict[str, list[tuple[int, int]]] = {}
-    for aid, (layer, cohort) in zip(ids, _START, strict=False):
-        ends = datetime.fromtimestamp(clock.now + DAY, tz=timezone.utc)
-        meta = {"provisioned_by": layer} if layer else None
+
+    async def trial(aid: str, layer: str | None, cohort: str | None, by: str | None) -> None:
         await ledger.provision(
             aid,
             tier="trial",
             trial_amount="5",
-            trial_expires_at=ends,
+            trial_expires_at=datetime.fromtimestamp(clock.now + DAY, tz=timezone.utc),
             cohort=cohort,
-            layer=layer or "litellm",
-            account_metadata=meta,
+            layer=by,
+            account_metadata={"provisioned_by": layer} if layer else None,
         )
+
+    for aid, (layer, cohort) in zip(ids, _START, strict=False):
+        await trial(aid, layer, cohort, layer or "litellm")
     for step in plan:
         name, aid = step[0], ids[step[1]] if len(step) > 1 and step[0] != "advance" else ""
         try:
@@ -135,16 +137,7 @@ async def _play(ledger: Ledger, clock: Clock, prefix: str, plan: list[Any]) -> l
                         aid, tier="trial", cohort=cohort, metadata={**meta, "trial_denied": denied}
                     )
                 else:
-                    ends = datetime.fromtimestamp(clock.now + DAY, tz=timezone.utc)
-                    await ledger.provision(
-                        aid,
-                        tier="trial",
-                        trial_amount="5",
-                        trial_expires_at=ends,
-                        cohort=cohort,
-                        layer=layer,
-                        account_metadata=meta or None,
-                    )
+                    await trial(aid, layer, cohort, layer)
             elif name == "late_trial":
                 ends = datetime.fromtimestamp(clock.now + 2 * DAY, tz=timezone.utc)
                 await ledger.provision(
