@@ -68,7 +68,8 @@ class Maintenance:
         task, self._task = self._task, None
         if task is not None and not task.done():
             task.cancel()
-            await asyncio.wait({task})  # a round in progress ends at its next await
+            if task.get_loop() is asyncio.get_running_loop():
+                await asyncio.wait({task})  # a round in progress ends at its next await
 
     async def _loop(self) -> None:
         while True:
