@@ -46,6 +46,12 @@ def _tiers(value: str) -> dict[str, str]:
     return data
 
 
+def _interval(value: str) -> float | None:
+    if value.strip().lower() in ("off", "none", "never"):
+        return None
+    return float(value)
+
+
 def _bool(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -74,6 +80,7 @@ VARIABLES: Mapping[str, tuple[str, Callable[[str], Any]]] = {
     "CREDIT_ON_REDIS_ERROR": ("on_redis_error", _text),
     "CREDIT_KEY_PREFIX": ("key_prefix", _text),
     "CREDIT_AUTO_MIGRATE": ("auto_migrate", _bool),
+    "CREDIT_MAINTENANCE_INTERVAL": ("maintenance_interval", _interval),
     "CREDIT_TRIAL_AMOUNT": ("trial_amount", _decimal),
 }
 

@@ -1,4 +1,5 @@
-"""``credit-middleware``: migrate, balance, history, grant, purchase, tier, refund, verify, report.
+"""``credit-middleware``: migrate, balance, history, grant, purchase, tier, refund, verify, purge,
+report.
 
 Every command but ``migrate`` works on an existing ledger only: it never creates a database
 (a SQLite file that does not exist is refused, not made) and never upgrades one silently. Every
@@ -17,7 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from . import __version__
+from . import __version__, _cli_audit
 from ._cli_db import check_schema, database_url
 from .errors import AccountNotFound, CreditError
 from .ledger import Ledger, Receipt, TierChange
@@ -31,7 +32,8 @@ _MAX_ID = 2**63 - 1  # entry ids are 64-bit signed integers in both databases
 # --help is read in a terminal: plain text, no reST markup
 _DESCRIPTION = """\
 Operate a credit-middleware ledger: migrate it, read balances and history, grant, purchase,
-refund, change tiers, verify the invariants and report usage.
+refund, change tiers, verify the invariants, purge expired idempotency records and report
+usage.
 
 Every command but migrate works on an existing, migrated ledger only: it never creates a
 database and never upgrades one silently. A command that names an account refuses one that
@@ -43,6 +45,7 @@ examples:
   credit-middleware grant alice 10 --create --expires-in 30d --key order-77
   credit-middleware balance alice --json
   credit-middleware history alice --limit 20
+  credit-middleware verify --incremental --timeout 30
 
 exit status: 0 done, 1 verify found a discrepancy, 2 bad input or a refused command.
 """
@@ -133,7 +136,8 @@ async def _history(ledger: Ledger, args: argparse.Namespace) -> int:
     if await ledger.get_account(args.account) is None:  # as balance does: not "no entries"
         raise AccountNotFound(args.account)
     entries: list[Any] = []
-    before = args.before
+    # ids stay below 2**62 (the ledger refuses larger ones): a larger bound is no bound at all
+    before = args.before if args.before is None or args.before < 2**62 else None
     while len(entries) < args.limit:  # the ledger serves pages of at most 1000, newest first
         want = min(_PAGE, args.limit - len(entries))
         page = await ledger.history(args.account, limit=want, before=before)
@@ -215,22 +219,11 @@ async def _purchase(ledger: Ledger, args: argparse.Namespace) -> int:
 
 
 async def _verify(ledger: Ledger, args: argparse.Namespace) -> int:
-    report = await ledger.verify()
-    data = report.to_json()
-    lines = [
-        f"invariant {d.invariant} broken on {d.account_id!r}: {d.detail}"
-        for d in report.discrepancies
-    ]
-    if report.ok and report.accounts == 0 and report.entries == 0:
-        lines.append("ok, but the ledger is empty: 0 accounts, 0 entries (is this the right one?)")
-    else:
-        lines.append(
-            ("ok" if report.ok else "FAILED")
-            + f": {report.accounts} accounts, {report.entries} entries,"
-            f" {len(report.discrepancies)} discrepancies"
-        )
-    _emit(args, data, "\n".join(lines))
-    return 0 if report.ok else 1
+    return await _cli_audit.verify(ledger, args, _emit)
+
+
+async def _purge(ledger: Ledger, args: argparse.Namespace) -> int:
+    return await _cli_audit.purge(ledger, args, _emit)
 
 
 async def _report(ledger: Ledger, args: argparse.Namespace) -> int:
@@ -258,6 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="ledger database (default: $CREDIT_DATABASE_URL, then an existing ./credits.db)",
     )
     common.add_argument("--json", action="store_true", help="machine-readable output")
+    common.add_argument(
+        "--timeout",
+        type=_cli_audit.seconds,
+        default=None,
+        help="statement timeout, seconds (default: $CREDIT_TIMEOUT, then 5)",
+    )
     parser = argparse.ArgumentParser(
         prog="credit-middleware",
         description=_DESCRIPTION,
@@ -302,9 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("amount")
     p.add_argument("--entry", type=entry_id, default=None, help="the charge being refunded")
     p.add_argument("--key", default=None, help="idempotency key")
-    sub.add_parser(
-        "verify", parents=[common], help="check the ledger's invariants (exit 1 if broken)"
-    )
+    _cli_audit.add_commands(sub, common)
     p = sub.add_parser("report", parents=[common], help="provisioning and usage report")
     p.add_argument("--since", type=parse_time, default=None, help="e.g. 2026-11-01 (UTC)")
     p.add_argument("--until", type=parse_time, default=None, help="exclusive")
@@ -321,13 +318,14 @@ _COMMANDS: dict[str, Callable[[Ledger, argparse.Namespace], Awaitable[int]]] = {
     "tier": _tier,
     "refund": _refund,
     "verify": _verify,
+    "purge": _purge,
     "report": _report,
 }
 
 
 async def _run(args: argparse.Namespace) -> int:
     url = database_url(args.database_url, args.command)
-    ledger = Ledger(url)
+    ledger = Ledger(url, timeout=_cli_audit.statement_timeout(args.timeout))
     try:
         if args.command != "migrate":
             await check_schema(ledger, url)

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from ._checks import check_objects, conflict, positive
 from ._env import from_env
+from ._maintenance import Maintenance
 from ._redis import close_redis, redis_from_url
 from .errors import BackendUnavailable, ConfigurationError
 from .events import Observer, guarded
@@ -64,8 +65,10 @@ class Credits:
     ``signup`` holds :class:`SignupProvisioning` options (``budget``, ``attempts``, ...).
 
     Owns what it builds: ``async with credits:`` or ``FastAPI(lifespan=credits.lifespan)``
-    migrates (without failing when the database is down) and closes at the end; the
-    middleware does the same through the app's lifespan, so either is enough.
+    migrates (without failing when the database is down), keeps the ledger up every
+    ``maintenance_interval`` seconds (purges expired idempotency records, rolls up the
+    report's figures) and closes at the end; the middleware does the same through the app's
+    lifespan, so either is enough.
     """
 
     def __init__(
@@ -102,6 +105,7 @@ class Credits:
         timeout: float = 3.0,
         hold_timeout: float = 300.0,
         auto_migrate: bool = True,
+        maintenance_interval: float | None = 300.0,
         observer: Observer | None = None,
         ledger: Ledger | None = None,
         database: Any = None,
@@ -144,6 +148,10 @@ class Credits:
         self.legacy_headers = legacy_headers
         self.balance_header = balance_header
         self.auto_migrate = auto_migrate
+        if maintenance_interval is not None:
+            maintenance_interval = positive("maintenance_interval", maintenance_interval)
+        #: seconds between rounds of upkeep in the lifespan (None: none; see ``Maintenance``)
+        self.maintenance_interval = maintenance_interval
         #: The observer as given (what the admin dashboard reads); components get it guarded.
         self.observer_source = observer
         self.observer = guarded(observer)
@@ -227,6 +235,9 @@ class Credits:
         self.signup = SignupProvisioning(
             self.provisioner, prepare=self.ready, proxies=self.proxies, **dict(signup or {})
         )
+        self.maintenance = (
+            Maintenance(ledger, maintenance_interval) if maintenance_interval is not None else None
+        )
         self._users = 0
         self._migrated = not auto_migrate
         self._migration: asyncio.Future[Any] | None = None
@@ -268,6 +279,8 @@ class Credits:
         self._users += 1
         if self._users == 1 and self.owns_ledger:
             self.ledger.reopen()
+        if self._users == 1 and self.maintenance is not None:
+            self.maintenance.start()
         try:
             await self.ready()
         except Exception as exc:  # a database down at startup must not stop the app
@@ -283,6 +296,8 @@ class Credits:
         """Stop background signup retries and close what this object built (never objects
         passed in). A later :meth:`start` opens them again."""
         await self.signup.aclose()
+        if self.maintenance is not None:
+            await self.maintenance.stop()
         if self._migration is not None and not self._migration.done():
             self._migration.cancel()
         self._migration = None

@@ -1,8 +1,11 @@
-"""The usage report: where trial credits went and which trial converts, computed in SQL.
+"""The usage report: where trial credits went and which trial converts.
 
-``build_report`` runs a handful of aggregate queries on the ledger (the same text on SQLite and
-PostgreSQL) and returns a :class:`Report`; ``Report.to_json()`` is what ``report --json``, the
-admin API and the dashboard show, with money as decimal strings of credits.
+``build_report`` asks the ledger for the period's figures and returns a :class:`Report`;
+``Report.to_json()`` is what ``report --json``, the admin API and the dashboard show, with
+money as decimal strings of credits. For whole UTC days (the dashboard's and the CLI's dates)
+the figures come from the ledger's rollups, brought up to date first: a few rows per day,
+whatever the ledger's size (``ledger/_rollups.py``); a period that starts or ends within a
+day is counted from its entries. Both ways give the same figures, exactly.
 
 What the ledger can and cannot say about provisioning: an account records the layer that created
 it (``metadata.provisioned_by``, and the trial grant's ``layer``). A *failed* provisioning attempt
@@ -28,88 +31,14 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .ledger import Ledger
-from .ledger._executor import Conn, Row
 from .ledger.models import dt_to_us
 from .money import from_micros
 
 __all__ = ["CohortStats", "Report", "build_report", "render_text"]
 
-DAY_US = 86_400 * 1_000_000
 EAGER_LAYERS = ("signup", "webhook")
 FALLBACK_LAYERS = ("request", "litellm")
-NO_COHORT = "(none)"
 _MIN_US, _MAX_US = -(2**62), 2**62
-_CONSUMING = "('debit','capture')"
-_META = {
-    "postgresql": "(a.metadata::jsonb ->> '{key}')",
-    "sqlite": "json_extract(a.metadata, '$.{key}')",
-}
-# An account the trial policy decided on: granted a trial, or refused one (and told why).
-_DECIDED = "(t.grant_id IS NOT NULL OR {denied} IS NOT NULL)"
-
-# One pass over the accounts created in the period, with their trial grant if any.
-_ACCOUNTS = """
-SELECT COALESCE({by}, t.layer, 'unknown') AS layer, a.created_at / {day} AS day,
-       COUNT(*) AS n, COUNT(t.grant_id) AS trials,
-       SUM(CASE WHEN t.grant_id IS NULL AND {denied} IS NOT NULL THEN 1 ELSE 0 END) AS denied
-FROM credit_accounts a
-LEFT JOIN credit_grants t ON t.account_id = a.account_id AND t.source = 'trial'
-WHERE a.created_at >= $1 AND a.created_at < $2
-GROUP BY 1, 2
-"""
-# One pass over the period's entries: totals per kind, and per day.
-_ENTRIES = f"""
-SELECT kind, created_at / {DAY_US} AS day, COALESCE(SUM(amount), 0) AS s,
-       COALESCE(SUM(CASE WHEN delta < 0 THEN amount ELSE 0 END), 0) AS out_s
-FROM credit_entries WHERE created_at >= $1 AND created_at < $2
-GROUP BY kind, created_at / {DAY_US}
-"""
-_GRANTED = """
-SELECT source, COALESCE(SUM(amount), 0) AS s, COUNT(*) AS n FROM credit_grants
-WHERE created_at >= $1 AND created_at < $2 GROUP BY source
-"""
-# Per-account usage in the period, aggregated once (a CTE used three times is computed once)
-# and read three ways: the top consumers, how many were active, and what each cohort used.
-_USAGE = f"""
-WITH u AS (
-    SELECT account_id, SUM(amount) AS used FROM credit_entries
-    WHERE kind IN {_CONSUMING} AND created_at >= $1 AND created_at < $2
-    GROUP BY account_id
-)
-SELECT 'top' AS part, account_id AS name, used AS value
-FROM (SELECT account_id, used FROM u ORDER BY used DESC, account_id LIMIT $3) t
-UNION ALL
-SELECT 'active', NULL, COUNT(*) FROM u
-UNION ALL
-SELECT 'cohort', COALESCE(a.cohort, '{NO_COHORT}'), SUM(u.used)
-FROM u JOIN credit_accounts a ON a.account_id = u.account_id
-LEFT JOIN credit_grants t ON t.account_id = a.account_id AND t.source = 'trial'
-WHERE a.created_at >= $1 AND a.created_at < $2 AND {{decided}}
-GROUP BY COALESCE(a.cohort, '{NO_COHORT}')
-"""
-# Per trial cohort, over the accounts created in the period. "Exhausted" = the trial grant was
-# spent to zero (not expired to zero); "purchased" = the account has a ``purchase`` grant.
-_COHORTS = f"""
-SELECT COALESCE(a.cohort, '{NO_COHORT}') AS cohort, COUNT(*) AS accounts,
-       COUNT(t.grant_id) AS trials,
-       SUM(CASE WHEN t.remaining = 0 AND x.grant_id IS NULL THEN 1 ELSE 0 END) AS exhausted,
-       SUM(CASE WHEN p.account_id IS NOT NULL THEN 1 ELSE 0 END) AS purchased
-FROM credit_accounts a
-LEFT JOIN credit_grants t ON t.account_id = a.account_id AND t.source = 'trial'
-LEFT JOIN (SELECT DISTINCT grant_id FROM credit_entries WHERE kind = 'expire') x
-    ON x.grant_id = t.grant_id
-LEFT JOIN (SELECT DISTINCT account_id FROM credit_grants WHERE source = 'purchase') p
-    ON p.account_id = a.account_id
-WHERE a.created_at >= $1 AND a.created_at < $2 AND {{decided}}
-GROUP BY COALESCE(a.cohort, '{NO_COHORT}') ORDER BY 1
-"""
-# PostgreSQL: one consistent snapshot for every query, and no JIT (it costs more than it
-# saves on these aggregates); SQLite: the executor's read is one read transaction, a snapshot
-# too (WAL).
-_BEGIN = {
-    "postgresql": ("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", "SET LOCAL jit = off"),
-    "sqlite": (),
-}
 
 
 def _money(micros: int) -> str:
@@ -220,10 +149,12 @@ async def build_report(
     until: datetime | None = None,
     top: int = 10,
 ) -> Report:
-    """Usage of the ledger between ``since`` (inclusive) and ``until`` (exclusive), in SQL.
+    """Usage of the ledger between ``since`` (inclusive) and ``until`` (exclusive).
 
     Accounts and cohorts count the accounts *created* in the period; credits count the
-    entries and grants *written* in it. Datetimes must be timezone-aware.
+    entries and grants *written* in it. Datetimes must be timezone-aware. Midnights UTC (or
+    no bounds) are read from the rollups: O(days), plus the accounts active in the period
+    when it is bounded; other bounds count the period's entries.
     """
     if not isinstance(top, int) or not 0 < top <= 1000:
         raise ValueError("top must be between 1 and 1000")
@@ -231,27 +162,8 @@ async def build_report(
     hi = dt_to_us(until) if until is not None else _MAX_US
     if lo >= hi:
         raise ValueError("since must be before until")
-    meta = _META[ledger.dialect]
-    by, denied = meta.format(key="provisioned_by"), meta.format(key="trial_denied")
-    decided = _DECIDED.format(denied=denied)
-    begin = _BEGIN[ledger.dialect]
-
-    async def read(conn: Conn) -> list[list[Row]]:
-        for statement in begin:
-            await conn.execute(statement)
-        try:
-            return [
-                await conn.fetch(_ACCOUNTS.format(by=by, denied=denied, day=DAY_US), lo, hi),
-                await conn.fetch(_ENTRIES, lo, hi),
-                await conn.fetch(_GRANTED, lo, hi),
-                await conn.fetch(_USAGE.format(decided=decided), lo, hi, top),
-                await conn.fetch(_COHORTS.format(decided=decided), lo, hi),
-            ]
-        finally:
-            if begin:
-                await conn.execute("COMMIT")  # read only: nothing to keep or lose
-
-    accounts, entries, granted, usage, cohorts = await ledger._x.run(read, write=False)
+    rows = await ledger.report_rows(lo, hi, top)
+    accounts, entries, usage, cohorts = rows.accounts, rows.entries, rows.usage, rows.cohorts
 
     provisioned: dict[str, int] = {}
     trials: dict[str, int] = {}
@@ -286,7 +198,7 @@ async def build_report(
         trials=trials,
         trials_denied=denied_total,
         provisioned_per_day=per_day,
-        granted_micros={str(r["source"]): int(r["s"]) for r in granted},
+        granted_micros={str(r["source"]): int(r["s"]) for r in rows.granted},
         consumed_micros=totals.get("debit", 0) + totals.get("capture", 0),
         expired_micros=totals.get("expire", 0),
         refunded_micros=totals.get("refund", 0),

@@ -38,9 +38,16 @@ def _ignored(path: str) -> bool:
 def test_ci_runs_the_targets_that_write_only_ignored_results() -> None:
     run = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     targets = re.findall(r"\bmake ([\w-]+)", run)
-    wanted = {"test", "test-lowest-deps", "test-lowest-python", "chaos-ci", "bench-ci"}
+    wanted = {
+        "test",
+        "test-lowest-deps",
+        "test-lowest-python",
+        "chaos-ci",
+        "bench-ci",
+        "bench-scale-ci",
+    }
     assert wanted <= set(targets)
-    assert not {"bench", "chaos", "lock"} & set(targets)  # they write tracked files
+    assert not {"bench", "chaos", "lock", "bench-scale"} & set(targets)  # write tracked files
 
     (bench,) = [c for c in _commands("bench-ci") if "benchmarks.run" in c]
     out = re.search(r"--out (\S+)", bench)
@@ -48,6 +55,9 @@ def test_ci_runs_the_targets_that_write_only_ignored_results() -> None:
     (chaos,) = [c for c in _commands("chaos-ci") if "-m chaos" in c]
     out = re.search(r"--out (\S+)", chaos)
     assert out is not None and _ignored("chaos/results/" + out.group(1))
+    (scale,) = [c for c in _commands("bench-scale-ci") if "benchmarks.scale" in c]
+    out = re.search(r"--out (\S+)", scale)
+    assert out is not None and _ignored(out.group(1) + "/scale.json") and "--gate" in scale
 
 
 def test_the_committed_reports_are_tracked_and_refreshed_by_their_own_targets() -> None:
@@ -55,5 +65,11 @@ def test_the_committed_reports_are_tracked_and_refreshed_by_their_own_targets() 
     assert "--out" not in bench  # the default: benchmarks/results/, the committed report
     (chaos,) = [c for c in _commands("chaos") if "-m chaos" in c]
     assert "--out" not in chaos  # chaos/results/latest.json
-    for path in ("benchmarks/results/latest.md", "chaos/results/latest.json"):
+    (scale,) = [c for c in _commands("bench-scale") if "benchmarks.scale" in c]
+    assert "--out" not in scale  # benchmarks/results/scale.md
+    for path in (
+        "benchmarks/results/latest.md",
+        "chaos/results/latest.json",
+        "benchmarks/results/scale.md",
+    ):
         assert not _ignored(path)

@@ -48,6 +48,11 @@ class Conn(abc.ABC):
         row = await self.fetchrow(sql, *args)
         return None if row is None else next(iter(row.values()))
 
+    async def execute_count(self, sql: str, *args: Any) -> int:
+        """Run an ``UPDATE``/``DELETE`` and return how many rows it touched."""
+        await self.execute(sql, *args)
+        return int(await self.fetchval("SELECT changes()"))  # SQLite's; PostgreSQL overrides
+
 
 class Dropped(Exception):
     """An operation whose caller was cancelled before it started (nobody hears of it)."""
@@ -153,6 +158,10 @@ class _PgConn(Conn):
 
     async def execute(self, sql: str, *args: Any) -> None:
         await self._conn.execute(sql, *args)
+
+    async def execute_count(self, sql: str, *args: Any) -> int:
+        status: str = await self._conn.execute(sql, *args)  # "DELETE 5000"
+        return int(status.rsplit(" ", 1)[-1])
 
     async def executescript(self, sql: str) -> None:
         await self._conn.execute(sql)

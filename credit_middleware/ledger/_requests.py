@@ -9,7 +9,6 @@ the attempt serving it; a lease says how long that attempt may take before a ret
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..errors import IdempotencyInFlight, IdempotencyMismatch
@@ -254,19 +253,35 @@ async def renew(conn: Conn, account_id: str, key: str, owner: str, lease_until: 
     return row is not None
 
 
+_PURGE = (
+    "DELETE FROM credit_requests WHERE ctid = ANY(ARRAY("
+    " SELECT ctid FROM credit_requests WHERE expires_at <= $1 LIMIT $2{lock}))"
+    " AND expires_at <= $1"
+)
+
+
 async def purge(conn: Conn, now: int, limit: int = 1000) -> int:
-    """Delete up to ``limit`` expired request rows; returns how many."""
-    rows: Sequence[Row] = await conn.fetch(
-        "SELECT account_id, request_key FROM credit_requests WHERE expires_at <= $1 LIMIT $2",
+    """Delete up to ``limit`` expired request rows in one statement; returns how many.
+
+    Set-based (the rows found together and deleted together), not one round trip per row.
+    On PostgreSQL a row that a request is claiming right now (locked) is waited for at most
+    50 ms; then the batch is taken again without the rows locked at that moment (``SKIP
+    LOCKED``, which costs a lock per row: only then), so the purge never queues behind a
+    request. A row renewed meanwhile is no longer expired and stays.
+    """
+    if conn.dialect == "postgresql":
+        await conn.execute("SET LOCAL lock_timeout = '50ms'")
+        await conn.execute("SAVEPOINT purge")
+        try:
+            return await conn.execute_count(_PURGE.format(lock=""), now, limit)
+        except Exception as exc:
+            if getattr(exc, "sqlstate", None) != "55P03":  # lock_not_available
+                raise
+        await conn.execute("ROLLBACK TO SAVEPOINT purge")
+        return await conn.execute_count(_PURGE.format(lock=" FOR UPDATE SKIP LOCKED"), now, limit)
+    return await conn.execute_count(
+        "DELETE FROM credit_requests WHERE rowid IN ("
+        " SELECT rowid FROM credit_requests WHERE expires_at <= $1 LIMIT $2)",
         now,
         limit,
     )
-    for r in rows:
-        await conn.execute(
-            "DELETE FROM credit_requests WHERE account_id = $1 AND request_key = $2"
-            " AND expires_at <= $3",
-            r["account_id"],
-            r["request_key"],
-            now,
-        )
-    return len(rows)

@@ -1,8 +1,9 @@
 """Operator reads: find accounts by id prefix or e-mail, and usage per route.
 
-These are admin queries, not hot-path ones: an e-mail search reads the accounts' metadata (the
-``email`` an app stored there, or the ``email_domain`` the provisioner keeps) without an index,
-and is bounded by ``limit``.
+These are admin queries, not hot-path ones. Each search reads an index of migration 10: the
+e-mail (``email`` an app stored in the metadata) and the e-mail domain (``email_domain``, which
+the provisioner keeps, else the part of ``email`` after its ``@``) are indexed expressions over
+the metadata, with the creation time, so the newest matches come first without a sort.
 """
 
 from __future__ import annotations
@@ -12,20 +13,22 @@ from typing import Any
 
 from ..money import from_micros
 from ._executor import Conn
+from ._scale_schema import domain_key, email_key
+from ._sums import exact_sum, total
 from ._tx import ACCOUNT_COLS
 from .models import Account
 
-__all__ = ["RouteUsage", "search_accounts", "usage_by_route"]
+__all__ = ["RouteUsage", "by_net", "route_usage_from_entries", "search_accounts"]
 
 _MAX_QUERY = 255
-_JSON_TEXT = {
-    "postgresql": "(metadata::jsonb ->> '{field}')",
-    "sqlite": "json_extract(metadata, '$.{field}')",
+_PREFIX = {
+    "postgresql": 'account_id COLLATE "C" >= $1 AND account_id COLLATE "C" < $2',
+    "sqlite": "account_id >= $1 AND account_id < $2",
 }
-
-
-def _field(conn: Conn, name: str) -> str:
-    return _JSON_TEXT[conn.dialect].format(field=name)
+_FROM = {
+    "postgresql": 'account_id COLLATE "C" >= $1',
+    "sqlite": "account_id >= $1",
+}
 
 
 def check_query(query: object) -> str:
@@ -34,33 +37,45 @@ def check_query(query: object) -> str:
     return query.strip()
 
 
+def _past(prefix: str) -> str | None:
+    """The first string, in code point order, after every string that starts with ``prefix``
+    (None: there is none)."""
+    chars = list(prefix)
+    while chars:
+        code = ord(chars[-1]) + 1
+        if code <= 0x10FFFF:
+            chars[-1] = chr(0xE000 if 0xD800 <= code <= 0xDFFF else code)  # no surrogates
+            return "".join(chars)
+        chars.pop()
+    return None
+
+
 async def search_accounts(conn: Conn, query: str, limit: int) -> list[Account]:
     """``alice`` → ids starting with it (case-sensitive); ``a@b.c`` → that e-mail (any case);
-    ``@b.c`` → every account of that e-mail domain; empty → the newest accounts."""
+    ``@b.c`` → every account of that e-mail domain; empty → the newest accounts. Newest
+    first, each by an index: an e-mail, a domain or no query reads ``limit`` rows; an id
+    prefix reads the accounts it matches (a short prefix matches many)."""
     sql = f"SELECT {ACCOUNT_COLS} FROM credit_accounts"
     args: list[Any] = []
     if not query:
         pass
     elif query.startswith("@"):
-        domain = query[1:].lower()
-        sql += (
-            f" WHERE lower({_field(conn, 'email_domain')}) = $1"
-            f" OR lower({_field(conn, 'email')}) LIKE $2 ESCAPE '\\'"
-        )
-        args += [domain, "%@" + _escape_like(domain)]
+        sql += f" WHERE {domain_key(conn.dialect)} = $1"
+        args.append(query[1:].lower())
     elif "@" in query:
-        sql += f" WHERE lower({_field(conn, 'email')}) = $1"
+        sql += f" WHERE {email_key(conn.dialect)} = $1"
         args.append(query.lower())
-    else:  # substr, not LIKE: ids are case-sensitive, SQLite's LIKE is not
-        sql += " WHERE substr(account_id, 1, $2) = $1"
-        args += [query, len(query)]
+    else:  # a range of the id index, in code point order (ids are case-sensitive)
+        past = _past(query)
+        if past is None:
+            sql += f" WHERE {_FROM[conn.dialect]}"
+            args.append(query)
+        else:
+            sql += f" WHERE {_PREFIX[conn.dialect]}"
+            args += [query, past]
     sql += f" ORDER BY created_at DESC, account_id LIMIT ${len(args) + 1}"
     rows = await conn.fetch(sql, *args, limit)
     return [Account.from_row(r) for r in rows]
-
-
-def _escape_like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,29 +97,34 @@ class RouteUsage:
         }
 
 
-async def usage_by_route(conn: Conn, lo: int, hi: int, account_id: str | None) -> list[RouteUsage]:
-    """Debits and captures per route written in [lo, hi), with the refunds made against them."""
+def by_net(rows: list[tuple[str, int, int, int]]) -> list[RouteUsage]:
+    """(route, calls, charged, refunded) rows as :class:`RouteUsage`, largest net first."""
+    out = [RouteUsage(*r) for r in rows]
+    return sorted(out, key=lambda u: (-(u.charged_micros - u.refunded_micros), u.route))
+
+
+async def route_usage_from_entries(
+    conn: Conn, lo: int, hi: int, account_id: str | None
+) -> list[tuple[str, int, int, int]]:
+    """Debits and captures per route written in [lo, hi), with the refunds made against them,
+    counted from the entries (exact sums)."""
     where = "e.created_at >= $1 AND e.created_at < $2"
     args: list[Any] = [lo, hi]
     if account_id is not None:
         where += " AND e.account_id = $3"
         args.append(account_id)
     charged = await conn.fetch(
-        "SELECT COALESCE(e.route, '') AS route, COUNT(*) AS calls, SUM(e.amount) AS micros"
+        f"SELECT COALESCE(e.route, '') AS route, COUNT(*) AS calls, {exact_sum('e.amount', 's')}"
         f" FROM credit_entries e WHERE e.kind IN ('debit', 'capture') AND {where}"
         " GROUP BY COALESCE(e.route, '')",
         *args,
     )
     refunded = await conn.fetch(
-        "SELECT COALESCE(c.route, '') AS route, SUM(e.amount) AS micros"
+        f"SELECT COALESCE(c.route, '') AS route, {exact_sum('e.amount', 's')}"
         " FROM credit_entries e JOIN credit_entries c ON c.entry_id = e.ref_entry_id"
         f" WHERE e.kind = 'refund' AND {where} GROUP BY COALESCE(c.route, '')",
         *args,
     )
-    back = {r["route"]: int(r["micros"]) for r in refunded}
-    out = [
-        RouteUsage(r["route"], int(r["calls"]), int(r["micros"]), back.pop(r["route"], 0))
-        for r in charged
-    ]
-    out += [RouteUsage(route, 0, 0, micros) for route, micros in back.items()]
-    return sorted(out, key=lambda u: (-(u.charged_micros - u.refunded_micros), u.route))
+    back = {r["route"]: total(r, "s") for r in refunded}
+    out = [(r["route"], int(r["calls"]), total(r, "s"), back.pop(r["route"], 0)) for r in charged]
+    return out + [(route, 0, 0, micros) for route, micros in back.items()]

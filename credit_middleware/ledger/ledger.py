@@ -22,10 +22,11 @@ from ..errors import (
     LedgerError,
 )
 from ..money import check_account_id, check_key, cost_to_micros, to_micros
-from . import _ops, _pgschema, _search, _tiers, _verify
+from . import _audit, _ops, _pgschema, _reporting, _rollups, _search, _tiers
 from ._batch import Batcher, DebitItem, Op
 from ._executor import AsyncpgExecutor, Conn, Executor, Row
 from ._fastrequests import refuse
+from ._report_sql import ReportRows
 from ._resolve import ChargeResolver
 from ._search import RouteUsage, check_query
 from ._sqlite import SqliteExecutor
@@ -795,9 +796,30 @@ class Ledger(RequestStore, ChargeResolver):
         )
         return [Hold.from_row(r) for r in rows]
 
-    async def verify(self) -> VerifyReport:
-        """Check the four invariants over the whole ledger; lists every discrepancy."""
-        return await self._run(_verify.verify, write=False)
+    async def verify(
+        self,
+        *,
+        incremental: bool = False,
+        resume: bool = False,
+        checkpoint: bool = False,
+        progress: Callable[[_audit.VerifyProgress], None] | None = None,
+        budget: int = _audit.BUDGET,
+    ) -> VerifyReport:
+        """Check the four invariants, account by account in slices of about ``budget``
+        entries (no statement near a timeout, whatever the ledger's size); lists every
+        discrepancy (up to 1,000). ``checkpoint`` records progress and, when clean, the point
+        ``incremental`` starts from (the accounts with an entry since); ``resume`` continues
+        an interrupted checkpointed run. ``progress`` is called after every slice."""
+        audit = _audit.Audit(
+            self._x,
+            self.now_us,
+            budget=budget,
+            progress=progress,
+            checkpoint=checkpoint or incremental or resume,
+        )
+        if incremental:
+            return await audit.incremental()
+        return await audit.full(resume=resume)
 
     async def tier_history(self, account_id: str, *, limit: int = 50) -> list[TierChange]:
         """The account's tier changes, newest first (empty if it never changed)."""
@@ -826,13 +848,29 @@ class Ledger(RequestStore, ChargeResolver):
         account_id: str | None = None,
     ) -> list[RouteUsage]:
         """Calls billed and credits charged/refunded per route, for entries written in
-        [since, until); largest net first."""
-        lo = dt_to_us(since) if since is not None else 0
-        hi = dt_to_us(until) if until is not None else 2**62
+        [since, until); largest net first. Whole UTC days (or no bounds) are read from the
+        rollups, brought up to date first: O(days x routes), one account's O(its days x
+        routes); a period that splits a day reads its entries."""
+        lo = dt_to_us(since) if since is not None else -_reporting.OPEN
+        hi = dt_to_us(until) if until is not None else _reporting.OPEN
         if lo >= hi:
             raise ValueError("since must be before until")
         aid = check_account_id(account_id) if account_id is not None else None
-        return await self._run(lambda conn: _search.usage_by_route(conn, lo, hi, aid), write=False)
+        rows = await _reporting.route_usage(self._x, self.now_us(), lo, hi, aid)
+        return _search.by_net(rows)
+
+    async def refresh_rollups(self) -> int:
+        """Roll up every entry committed so far into the report's rollups (normally done by
+        the app's maintenance job and before each report); returns how many entries it added.
+        Exact: it moves only to a fence, below which no entry can still appear."""
+        return await _rollups.refresh(self._x, self.now_us())
+
+    async def report_rows(
+        self, lo: int, hi: int, top: int, *, source: _reporting.Source = "auto"
+    ) -> ReportRows:
+        """The usage report's figures for [lo, hi) (µs): from the rollups for whole UTC days,
+        else (or with ``source="entries"``) counted from the entries. See ``report``."""
+        return await _reporting.report_rows(self._x, self.now_us(), lo, hi, top, source)
 
     async def pending_migrations(self) -> list[int]:
         """The schema versions this library has that the database lacks (all of them when the

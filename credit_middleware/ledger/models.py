@@ -281,6 +281,9 @@ class VerifyReport:
     accounts: int
     entries: int
     discrepancies: tuple[Discrepancy, ...] = field(default=())
+    #: ``full`` (every account), ``resumed`` (an interrupted run finished: the figures count
+    #: the whole run) or ``incremental`` (the accounts changed since the last clean run)
+    scope: str = "full"
 
     @property
     def ok(self) -> bool:
@@ -295,4 +298,5 @@ class VerifyReport:
                 {"invariant": d.invariant, "account_id": d.account_id, "detail": d.detail}
                 for d in self.discrepancies
             ],
+            **({} if self.scope == "full" else {"scope": self.scope}),
         }

@@ -20,6 +20,7 @@ from ._pgfunctions import (
 )
 from ._pgholds import PG_HOLDS
 from ._pgrequests import PG_REQUESTS
+from ._scale_schema import scale_schema
 
 VERSION_TABLE = "credit_schema_version"
 # A fixed key for pg_advisory_xact_lock, so processes starting at once migrate one at a time.
@@ -258,11 +259,13 @@ def migrations(dialect: Dialect) -> Sequence[tuple[int, str, str]]:
             (7, "group commit; server-side hold and capture", PG_DEBIT_MANY + PG_HOLDS),
             (8, "in-place (HOT) updates of grants and accounts", _PG_HOT_UPDATES),
             (9, "one money path: requests charged and settled server-side", PG_REQUESTS),
+            (10, "operators at scale: search indexes, rollups, checkpoints", scale_schema(dialect)),
         ]
     return [
         (1, "ledger tables", _core(dialect) + _SQLITE_APPEND_ONLY),
         (4, "idempotent requests and charge voids", _requests(dialect)),
         (6, "account events (tier audit)", _events(dialect)),
+        (10, "operators at scale: search indexes, rollups, checkpoints", scale_schema(dialect)),
     ]
 
 
