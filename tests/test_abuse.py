@@ -159,7 +159,7 @@ async def redis_storage(redis_client: Any) -> Any:
 
 async def test_redis_cap_is_shared_by_two_instances(redis_storage: Any, ledger: Ledger) -> None:
     """Two app processes (two caps over one Redis) count against the same quota."""
-    caps = [TrialIpCap("3/day", storage=redis_storage) for _ in range(2)]
+    caps = [TrialIpCap("3/day", storage=redis_storage, timeout=30) for _ in range(2)]
     provs = [Provisioner(ledger, TrialPolicy(checks=(c,))) for c in caps]
     results = []
     for i in range(4):
@@ -175,7 +175,7 @@ async def test_redis_cap_is_shared_by_two_instances(redis_storage: Any, ledger: 
 
 async def test_an_app_redis_client_is_shared(redis_client: Any, ledger: Ledger) -> None:
     prefix = redis_client.test_prefix.rstrip(":")
-    cap = TrialIpCap("2/day", storage=redis_client, redis_key_prefix=prefix)
+    cap = TrialIpCap("2/day", storage=redis_client, redis_key_prefix=prefix, timeout=30)
     prov = Provisioner(ledger, TrialPolicy(checks=(cap,)))
     granted = []
     for i in range(3):
