@@ -13,7 +13,7 @@ from typing import Any
 from starlette.responses import Response
 
 from .errors import InsufficientCredits
-from .ratelimit import Verdict
+from .limits.ratelimit import Verdict
 
 __all__ = [
     "PROBLEM_TYPES",

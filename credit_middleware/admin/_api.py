@@ -19,9 +19,9 @@ from ..errors import (
     LedgerError,
 )
 from ..ledger import Account, Ledger, Receipt
-from ..metrics import Refusal
+from ..ops.metrics import Refusal
 from ..money import check_account_id, from_micros
-from ..report import build_report
+from ..ops.report import build_report
 from . import _csv
 from ._guard import mount_root, operator_of
 from ._html import CSP, nav

@@ -21,15 +21,15 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.types import Message, Receive, Scope, Send
 
-from ._idempotency import BufferedRequest, Recorder, send_replay
-from .errors import CreditError
-from .identity import Identity
-from .ledger import Receipt, RequestStart
-from .money import cost_to_micros, from_micros
-from .pricing import Price
+from .replay import BufferedRequest, Recorder, send_replay
+from ..errors import CreditError
+from ..identity.resolvers import Identity
+from ..ledger import Receipt, RequestStart
+from ..money import cost_to_micros, from_micros
+from ..pricing.priced import Price
 
 if TYPE_CHECKING:
-    from .middleware import CreditMiddleware
+    from ..http.middleware import CreditMiddleware
 
 log = logging.getLogger("credit_middleware.middleware")
 

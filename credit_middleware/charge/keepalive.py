@@ -21,9 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ._aio import bounded
-from .errors import CreditError
-from .ledger import Ledger
+from .._aio import bounded
+from ..errors import CreditError
+from ..ledger import Ledger
 
 __all__ = ["KeepAlive", "Live"]
 

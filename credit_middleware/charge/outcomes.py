@@ -26,9 +26,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from .errors import BackendUnavailable, CreditError
-from .events import Observer
-from .ledger import Ledger
+from ..errors import BackendUnavailable, CreditError
+from ..events import Observer
+from ..ledger import Ledger
 
 __all__ = ["Outcomes"]
 

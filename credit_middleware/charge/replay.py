@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 from starlette.types import Message, Receive, Scope, Send
 
-from .ledger import StoredResponse
-from .problems import Refused, problem
+from ..ledger import StoredResponse
+from ..problems import Refused, problem
 
 __all__ = [
     "REPLAY_HEADER",

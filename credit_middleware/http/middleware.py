@@ -18,18 +18,17 @@ from typing import Any, Literal, TypeVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import _bill
-from ._aio import bounded
-from ._bill import CHARGE_ID_HEADER, _Bill
-from ._idempotency import client_key, read_request
-from ._keepalive import KeepAlive
-from ._outcome import Outcomes
-from ._placement import RUNS_AFTER, innermost, place_inside
-from ._routing import routing_target
-from ._websocket import answer
-from ._websocket import serve as serve_websocket
-from .credits import FIXED_LEASE, Credits
-from .errors import (
+from .._aio import bounded
+from ..charge.bill import CHARGE_ID_HEADER, FINAL_COST_STATE, _Bill
+from ..charge.replay import client_key, read_request
+from ..charge.keepalive import KeepAlive
+from ..charge.outcomes import Outcomes
+from .placement import RUNS_AFTER, innermost, place_inside
+from ..pricing.routing import routing_target
+from .websocket import answer
+from .websocket import serve as serve_websocket
+from ..credits import FIXED_LEASE, Credits
+from ..errors import (
     AccountNotFound,
     BackendUnavailable,
     ConfigurationError,
@@ -38,14 +37,14 @@ from .errors import (
     IdempotencyMismatch,
     InsufficientCredits,
 )
-from .identity import (
+from ..identity.resolvers import (
     Identity,
     InvalidCredentials,
 )
-from .ledger import ChargeSpec, Receipt, RequestStart
-from .money import from_micros
-from .pricing import Price, UnpricedRoute
-from .problems import (
+from ..ledger import ChargeSpec, Receipt, RequestStart
+from ..money import from_micros
+from ..pricing.priced import Price, UnpricedRoute
+from ..problems import (
     ProblemResponse,
     Refused,
     insufficient,
@@ -54,16 +53,13 @@ from .problems import (
     rate_limited,
     retry_after,
 )
-from .ratelimit import rate_limit_headers
+from ..limits.ratelimit import rate_limit_headers
 
 __all__ = ["FINAL_COST_STATE", "FIXED_LEASE", "CreditMiddleware"]
 
 log = logging.getLogger("credit_middleware.middleware")
 T = TypeVar("T")
 TIER_TTL = 60.0
-
-#: ``request.state`` attribute a "hold" route's handler sets to the final price (credits).
-FINAL_COST_STATE = _bill.FINAL_COST_STATE
 
 
 class CreditMiddleware:

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from ._bill import CHARGE_ID_HEADER, _Bill
-from .errors import CreditError
-from .money import from_micros
+from ..charge.bill import CHARGE_ID_HEADER, _Bill
+from ..errors import CreditError
+from ..money import from_micros
 
 if TYPE_CHECKING:
     from .middleware import CreditMiddleware

@@ -15,8 +15,8 @@ from typing import Any
 
 from starlette.types import Scope
 
-from .errors import BackendUnavailable, ConfigurationError
-from .identity import Identity, InvalidCredentials, _make_identity, header
+from ..errors import BackendUnavailable, ConfigurationError
+from .resolvers import Identity, InvalidCredentials, _make_identity, header
 
 __all__ = ["JWTResolver"]
 

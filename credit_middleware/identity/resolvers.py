@@ -17,8 +17,8 @@ from typing import Any, Protocol
 
 from starlette.types import Scope
 
-from .errors import BackendUnavailable, ConfigurationError, CreditError, InvalidAccountId
-from .money import check_account_id
+from ..errors import BackendUnavailable, ConfigurationError, CreditError, InvalidAccountId
+from ..money import check_account_id
 
 __all__ = [
     "ApiKeyResolver",
@@ -292,7 +292,7 @@ def default_resolver(
     given), an API key (if a lookup is given), a trusted header (if named)."""
     chain: list[IdentityResolver] = [ScopeUserResolver()]
     if jwt_secret or jwks_url:
-        from .jwt_auth import JWTResolver
+        from .jwt import JWTResolver
 
         chain.append(
             JWTResolver(secret=jwt_secret, jwks_url=jwks_url, issuer=issuer, audience=audience)

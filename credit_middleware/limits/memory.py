@@ -24,7 +24,7 @@ from typing import Any
 from limits import RateLimitItem
 from limits.storage import MemoryStorage
 
-from ._ratelimit_redis import Counted, sliding_figures
+from .redis_scripts import Counted, sliding_figures
 
 __all__ = ["SWEEP_EVERY", "MemoryCounter"]
 

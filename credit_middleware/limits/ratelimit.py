@@ -21,11 +21,11 @@ from urllib.parse import quote
 
 from limits import RateLimitItem, parse_many
 
-from ._aio import bounded
-from ._ratelimit_memory import MemoryCounter
-from ._ratelimit_redis import Counted, RedisCounter
-from .errors import BackendUnavailable, ConfigurationError
-from .events import NULL_OBSERVER, Observer
+from .._aio import bounded
+from .memory import MemoryCounter
+from .redis_scripts import Counted, RedisCounter
+from ..errors import BackendUnavailable, ConfigurationError
+from ..events import NULL_OBSERVER, Observer
 
 __all__ = ["DEFAULT_TIERS", "LimitState", "RateLimiter", "Strategy", "Verdict"]
 

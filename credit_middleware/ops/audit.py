@@ -10,8 +10,8 @@ import sys
 import time
 from typing import Any, TextIO
 
-from .ledger import Ledger
-from .ledger._audit import VerifyProgress
+from ..ledger import Ledger
+from ..ledger._audit import VerifyProgress
 
 __all__ = ["add_commands", "purge", "statement_timeout", "verify"]
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 
-from .errors import CreditError
-from .ledger import Ledger
+from ..errors import CreditError
+from ..ledger import Ledger
 
 __all__ = ["DEFAULT_URL", "CliError", "check_schema", "database_url"]
 

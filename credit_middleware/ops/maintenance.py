@@ -10,7 +10,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from .ledger import Ledger
+from ..ledger import Ledger
 
 __all__ = ["Maintenance", "Upkeep"]
 

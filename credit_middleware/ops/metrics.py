@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigurationError
-from .events import Observer
+from ..errors import ConfigurationError
+from ..events import Observer
 
 __all__ = ["MetricsApp", "PrometheusObserver", "RecentRefusals", "Refusal", "metrics_app"]
 

@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from .ledger import Ledger
-from .ledger.models import dt_to_us
-from .money import from_micros
+from ..ledger import Ledger
+from ..ledger.models import dt_to_us
+from ..money import from_micros
 
 __all__ = ["CohortStats", "Report", "build_report", "render_text"]
 

@@ -17,8 +17,8 @@ from typing import Any, Literal, TypeVar
 from starlette.requests import HTTPConnection
 from starlette.types import Scope
 
-from .errors import ConfigurationError
-from .money import cost_to_micros
+from ..errors import ConfigurationError
+from ..money import cost_to_micros
 
 __all__ = [
     "EXEMPT_ATTRIBUTE",

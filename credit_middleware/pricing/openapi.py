@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.routing import Host, Mount
 
-from ._routing import candidates, routing_target, structural
-from .problems import openapi_responses
+from .routing import candidates, routing_target, structural
+from ..problems import openapi_responses
 
 if TYPE_CHECKING:
-    from .pricing import Pricing
+    from .priced import Pricing
 
 __all__ = ["api_routes", "document"]
 

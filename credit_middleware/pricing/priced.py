@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from starlette.types import Scope
 
-from ._declare import (
+from .declare import (
     EXEMPT_ATTRIBUTE,
     MODES,
     PRICE_ATTRIBUTE,
@@ -32,8 +32,8 @@ from ._declare import (
     micros_of,
     priced,
 )
-from ._routing import UnknownRoute, route_path, served
-from .errors import ConfigurationError
+from .routing import UnknownRoute, route_path, served
+from ..errors import ConfigurationError
 
 __all__ = [
     "DEFAULT_EXEMPT",
@@ -312,6 +312,6 @@ class Pricing:
         """Document the refusals of the app's priced FastAPI routes in its OpenAPI (called once
         per app, with the first request or lifespan that names it)."""
         if self._document:
-            from ._discover import document
+            from .openapi import document
 
             document(app, self)

@@ -26,10 +26,10 @@ from limits.aio.strategies import (
 )
 from limits.storage import storage_from_string
 
-from ._redis import limits_storage
-from .errors import ConfigurationError
-from .events import NULL_OBSERVER, Observer
-from .identity import Identity
+from .._redis import limits_storage
+from ..errors import ConfigurationError
+from ..events import NULL_OBSERVER, Observer
+from ..identity.resolvers import Identity
 
 __all__ = ["IP_TRIAL_LIMIT", "TrialIpCap"]
 

@@ -13,7 +13,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .identity import Identity, TrustedProxies
+from ..identity.resolvers import Identity, TrustedProxies
 
 __all__ = ["AccountIdGetter", "default_account_id", "identity_for"]
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
 
-from .errors import ConfigurationError
-from .identity import Identity
-from .money import to_micros
+from ..errors import ConfigurationError
+from ..identity.resolvers import Identity
+from ..money import to_micros
 
 __all__ = ["TrialDecision", "TrialPolicy"]
 

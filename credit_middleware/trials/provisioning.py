@@ -17,10 +17,10 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Literal
 
-from .events import NULL_OBSERVER, Observer
-from .identity import Identity
-from .ledger import Ledger
-from .ledger.models import Account
+from ..events import NULL_OBSERVER, Observer
+from ..identity.resolvers import Identity
+from ..ledger import Ledger
+from ..ledger.models import Account
 from .locks import LocalLocks, ProvisionLocks
 from .policy import TrialDecision, TrialPolicy
 

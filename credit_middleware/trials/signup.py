@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from ._newuser import AccountIdGetter, _identity, _payload, default_account_id, identity_for
-from .errors import ConfigurationError
-from .events import Observer
-from .identity import Identity, TrustedProxies
+from .newuser import AccountIdGetter, _identity, _payload, default_account_id, identity_for
+from ..errors import ConfigurationError
+from ..events import Observer
+from ..identity.resolvers import Identity, TrustedProxies
 from .provisioning import Provisioner, ProvisionResult
 
 __all__ = [
@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .credits import Credits
+    from ..credits import Credits
 
 log = logging.getLogger("credit_middleware.signup")
 

@@ -30,8 +30,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from ..errors import ConfigurationError, InvalidAccountId
-from ..identity import Identity
-from ..provisioning import Provisioner
+from ..identity.resolvers import Identity
+from .provisioning import Provisioner
 
 __all__ = ["WebhookReceiver", "parse_event", "sign"]
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
 
-from .litellm_media import IMAGE_SIZES, audio_seconds, image_price, speech_seconds
-from .litellm_pricing import Pricer, UnknownModelPrice, usd
+from .media import IMAGE_SIZES, audio_seconds, image_price, speech_seconds
+from .pricing import Pricer, UnknownModelPrice, usd
 
 __all__ = ["KINDS", "Kind", "Worst", "kind_of", "per_second", "unit_prices", "worst_case"]
 

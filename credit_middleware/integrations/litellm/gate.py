@@ -14,10 +14,10 @@ from typing import Any, Literal
 
 from litellm.types.utils import CallTypes
 
-from .litellm_calls import Kind, Worst, kind_of, worst_case
-from .litellm_pricing import Pricer, UnknownModelPrice
-from .litellm_refusals import CreditRefusal
-from .litellm_routes import Deployment, reachable
+from .calls import Kind, Worst, kind_of, worst_case
+from .pricing import Pricer, UnknownModelPrice
+from .refusals import CreditRefusal
+from .routes import Deployment, reachable
 
 __all__ = ["dearest", "gate", "twins"]
 

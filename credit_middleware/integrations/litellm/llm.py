@@ -23,14 +23,14 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-from ..identity import Identity
-from ..ledger import Receipt
-from ..money import check_key, cost_to_micros, from_micros
-from ..provisioning import Provisioner
-from .litellm_meter import Meter, MeteredCall
-from .litellm_pricing import UnknownModelPrice
-from .litellm_stream import CreditedStream
-from .litellm_sync import Portal, SyncCreditedStream
+from ...identity.resolvers import Identity
+from ...ledger import Receipt
+from ...money import check_key, cost_to_micros, from_micros
+from ...trials.provisioning import Provisioner
+from .meter import Meter, MeteredCall
+from .pricing import UnknownModelPrice
+from .stream import CreditedStream
+from .sync import Portal, SyncCreditedStream
 
 __all__ = ["CreditedLLM", "CreditedStream", "SyncCreditedStream", "UnknownModelPrice"]
 

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-from .litellm_pricing import Pricer, usd
+from .pricing import Pricer, usd
 
 __all__ = ["IMAGE_SIZES", "audio_seconds", "image_price", "speech_seconds"]
 

@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from ..errors import ConfigurationError, HoldNotActive, InsufficientCredits
-from ..identity import Identity
-from ..ledger import Receipt
-from ..money import check_key
-from ..provisioning import Provisioner
-from .litellm_outbox import Outbox, is_backend_fault
-from .litellm_pricing import Pricer, _positive
+from ...errors import ConfigurationError, HoldNotActive, InsufficientCredits
+from ...identity.resolvers import Identity
+from ...ledger import Receipt
+from ...money import check_key
+from ...trials.provisioning import Provisioner
+from .outbox import Outbox, is_backend_fault
+from .pricing import Pricer, _positive
 
 __all__ = ["Meter", "MeteredCall"]
 

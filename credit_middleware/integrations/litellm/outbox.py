@@ -21,7 +21,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from ..errors import BackendUnavailable
+from ...errors import BackendUnavailable
 
 __all__ = ["Outbox", "is_backend_fault"]
 

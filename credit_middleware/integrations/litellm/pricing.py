@@ -15,7 +15,7 @@ from decimal import Decimal
 from types import ModuleType
 from typing import Any
 
-from ..errors import ConfigurationError, CreditError
+from ...errors import ConfigurationError, CreditError
 
 __all__ = ["Pricer", "UnknownModelPrice", "load_litellm", "usd"]
 

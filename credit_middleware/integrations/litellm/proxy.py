@@ -31,17 +31,17 @@ from typing import Any, Literal
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from ..errors import BackendUnavailable, ConfigurationError, CreditError, InsufficientCredits
-from ..identity import Identity
-from ..ledger import Ledger
-from ..ledger.schema import migrations
-from ..policy import TrialPolicy
-from ..provisioning import Provisioner
-from .litellm_gate import dearest, gate, twins
-from .litellm_meter import Meter
-from .litellm_refusals import CreditRefusal, Identify, end_user, in_proxy, key_owner
-from .litellm_routes import proxy_router
-from .litellm_settle import ProxySettlement
+from ...errors import BackendUnavailable, ConfigurationError, CreditError, InsufficientCredits
+from ...identity.resolvers import Identity
+from ...ledger import Ledger
+from ...ledger.schema import migrations
+from ...trials.policy import TrialPolicy
+from ...trials.provisioning import Provisioner
+from .gate import dearest, gate, twins
+from .meter import Meter
+from .refusals import CreditRefusal, Identify, end_user, in_proxy, key_owner
+from .routes import proxy_router
+from .settle import ProxySettlement
 
 __all__ = ["CreditProxyHook", "CreditRefusal", "end_user", "key_owner"]
 
@@ -126,11 +126,11 @@ class CreditProxyHook(ProxySettlement):
     ) -> CreditProxyHook:
         """A hook on its own ledger; with ``redis_url``, first calls of a new user from many
         proxy workers provision under one Redis lock (as the middleware's ``redis_url``)."""
-        from ..locks import RedisLocks
+        from ...trials.locks import RedisLocks
 
         locks, client = None, None
         if redis_url:
-            from .._redis import redis_from_url
+            from ..._redis import redis_from_url
 
             client = redis_from_url(redis_url)
             locks = RedisLocks(client, prefix=key_prefix + "lock:")
@@ -273,6 +273,6 @@ class CreditProxyHook(ProxySettlement):
         if ledger is not None:
             await ledger.close()
         if client is not None:
-            from .._redis import close_redis
+            from ..._redis import close_redis
 
             await close_redis(client)

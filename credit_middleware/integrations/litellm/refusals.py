@@ -17,7 +17,7 @@ from typing import Any
 
 from litellm.proxy._types import ProxyException
 
-from ..identity import Identity
+from ...identity.resolvers import Identity
 
 __all__ = ["CreditRefusal", "Identify", "end_user", "in_proxy", "key_owner"]
 

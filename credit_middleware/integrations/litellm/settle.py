@@ -23,12 +23,12 @@ from typing import Any
 
 from litellm.integrations.custom_logger import CustomLogger
 
-from .litellm_calls import TOKEN_KINDS, per_second, unit_prices
-from .litellm_media import image_price
-from .litellm_meter import Meter, MeteredCall
-from .litellm_pricing import usd
-from .litellm_routes import Deployment, proxy_router, served_by
-from .litellm_stream import _Tally
+from .calls import TOKEN_KINDS, per_second, unit_prices
+from .media import image_price
+from .meter import Meter, MeteredCall
+from .pricing import usd
+from .routes import Deployment, proxy_router, served_by
+from .stream import _Tally
 
 __all__ = ["ProxySettlement", "capture_cost"]
 

@@ -13,8 +13,8 @@ import logging
 from decimal import Decimal
 from typing import Any
 
-from ..ledger import Receipt
-from .litellm_meter import Meter, MeteredCall
+from ...ledger import Receipt
+from .meter import Meter, MeteredCall
 
 __all__ = ["CreditedStream"]
 

@@ -14,8 +14,8 @@ import threading
 from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
-from ..errors import ConfigurationError
-from ..ledger import Receipt
+from ...errors import ConfigurationError
+from ...ledger import Receipt
 
 __all__ = ["Portal", "SyncCreditedStream"]
 

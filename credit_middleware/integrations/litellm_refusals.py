@@ -1,0 +1,19 @@
+"""The old import path of :mod:`credit_middleware.integrations.litellm.refusals` (kept for users)."""
+
+from __future__ import annotations
+
+from .litellm.refusals import (
+    CreditRefusal,
+    Identify,
+    end_user,
+    in_proxy,
+    key_owner,
+)
+
+__all__ = [
+    "CreditRefusal",
+    "Identify",
+    "end_user",
+    "in_proxy",
+    "key_owner",
+]

@@ -1,0 +1,15 @@
+"""The old import path of :mod:`credit_middleware.trials.provisioning` (kept for users)."""
+
+from __future__ import annotations
+
+from .trials.provisioning import (
+    Layer,
+    ProvisionResult,
+    Provisioner,
+)
+
+__all__ = [
+    "Layer",
+    "ProvisionResult",
+    "Provisioner",
+]
