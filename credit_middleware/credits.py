@@ -25,17 +25,17 @@ from typing import Any, Literal
 
 from ._checks import check_objects, conflict, positive
 from ._env import from_env
-from .ops.maintenance import Maintenance
 from ._redis import close_redis, redis_from_url
 from .errors import BackendUnavailable, ConfigurationError
 from .events import Observer, guarded
-from .identity.resolvers import ApiKeyLookup, Identity, IdentityResolver, TrustedProxies, default_resolver
+from .identity import ApiKeyLookup, Identity, IdentityResolver, TrustedProxies, default_resolver
 from .ledger import Ledger
+from .limits.ratelimit import DEFAULT_TIERS, RateLimiter, Strategy
+from .ops.maintenance import Maintenance
+from .pricing.priced import EXEMPT_ATTRIBUTE, Pricing
 from .trials.locks import LocalLocks, ProvisionLocks, RedisLocks
 from .trials.policy import TrialPolicy
-from .pricing.priced import EXEMPT_ATTRIBUTE, Pricing
 from .trials.provisioning import Provisioner, ProvisionResult
-from .limits.ratelimit import DEFAULT_TIERS, RateLimiter, Strategy
 from .trials.signup import SignupProvisioning, identity_for
 
 __all__ = ["DEFAULT_LIMITS", "Credits"]

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from .http.middleware import (
-    CreditMiddleware,
     FINAL_COST_STATE,
     FIXED_LEASE,
+    TIER_TTL,
+    CreditMiddleware,
 )
 
 __all__ = [
-    "CreditMiddleware",
     "FINAL_COST_STATE",
     "FIXED_LEASE",
+    "TIER_TTL",
+    "CreditMiddleware",
 ]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from .trials.provisioning import (
     Layer,
-    ProvisionResult,
     Provisioner,
+    ProvisionResult,
 )
 
 __all__ = [

@@ -19,8 +19,8 @@ from ..errors import (
     LedgerError,
 )
 from ..ledger import Account, Ledger, Receipt
-from ..ops.metrics import Refusal
 from ..money import check_account_id, from_micros
+from ..ops.metrics import Refusal
 from ..ops.report import build_report
 from . import _csv
 from ._guard import mount_root, operator_of

@@ -9,7 +9,7 @@ later: after the body), so that the headers say what was billed. A request with 
 response's end (an immediate re-send gets the replay, never a 409), or frees the key when it
 was not billed. Money and key move in one ledger operation (:meth:`Ledger.finish_request`);
 one that cannot be written now is retried in the background, keyed by the charge, until it
-lands. While the app runs, the request's lease and hold are kept alive (``_keepalive``).
+lands. While the app runs, the request's lease and hold are kept alive (:mod:`.keepalive`).
 """
 
 from __future__ import annotations
@@ -17,19 +17,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .replay import BufferedRequest, Recorder, send_replay
 from ..errors import CreditError
 from ..identity.resolvers import Identity
 from ..ledger import Receipt, RequestStart
 from ..money import cost_to_micros, from_micros
 from ..pricing.priced import Price
-
-if TYPE_CHECKING:
-    from ..http.middleware import CreditMiddleware
+from .replay import BufferedRequest, Recorder, send_replay
+from .settlement import Settlement
 
 log = logging.getLogger("credit_middleware.middleware")
 
@@ -77,7 +75,20 @@ class _Bill:
         if start.state == "resumed" and start.receipt is not None:
             self.micros = start.receipt.entry.amount_micros
 
-    async def run(self, mw: CreditMiddleware, scope: Scope, receive: Receive, send: Send) -> None:
+    def expose(self, scope: Scope) -> MutableMapping[str, Any]:
+        """The request's ``state``, with what the app may read of its caller and charge."""
+        state: MutableMapping[str, Any] = scope.setdefault("state", {})
+        state["credit_identity"] = self.identity
+        state["credit_account_id"] = self.identity.account_id
+        state["credit_tier"] = self.tier
+        state["credit_charge_id"] = self.charge_id
+        state["credit_cost"] = from_micros(self.micros) if self.receipt else None
+        state["credit_balance"] = self.receipt.available if self.receipt else None
+        return state
+
+    async def run(
+        self, mw: Settlement, app: ASGIApp, scope: Scope, receive: Receive, send: Send
+    ) -> None:
         start = self.start
         if start is not None and start.state == "replay":
             assert start.response is not None
@@ -86,14 +97,8 @@ class _Bill:
             return
         if self.buffered is not None:
             receive = self.buffered.receive(receive)
-        state: MutableMapping[str, Any] = scope.setdefault("state", {})
-        state["credit_identity"] = self.identity
-        state["credit_account_id"] = self.identity.account_id
-        state["credit_tier"] = self.tier
-        state["credit_charge_id"] = self.charge_id
-        state["credit_cost"] = from_micros(self.micros) if self.receipt else None
-        state["credit_balance"] = self.receipt.available if self.receipt else None
-        recorder = Recorder(mw._max_stored_body) if self.request_key is not None else None
+        state = self.expose(scope)
+        recorder = Recorder(mw.max_stored_body) if self.request_key is not None else None
         status = 500
         ticket = self._keep_alive(mw)
 
@@ -103,7 +108,7 @@ class _Bill:
                 status = message["status"]
                 if recorder is not None:
                     recorder.start(message)
-                if not mw._billable(status):
+                if not mw.billable(status):
                     await self._timed(self._unbill(mw, state, status))
                 elif self.kind == "hold" and state.get(FINAL_COST_STATE) is not None:
                     await self._timed(self._capture(mw, state))
@@ -116,7 +121,7 @@ class _Bill:
             await send(message)
 
         try:
-            await mw.app(scope, receive, wrapped)
+            await app(scope, receive, wrapped)
         finally:
             try:
                 if self._unfinished(mw, status):
@@ -125,13 +130,13 @@ class _Bill:
                 if ticket is not None:
                     mw.keepalive.untrack(ticket)
 
-    def _unfinished(self, mw: CreditMiddleware, status: int) -> bool:
+    def _unfinished(self, mw: Settlement, status: int) -> bool:
         """Whether anything is left to settle (nothing, for a served fixed-price call)."""
         if self.request_key is not None and not self._stored:
             return True
-        return not self._moved and (self.kind == "hold" or not mw._billable(status))
+        return not self._moved and (self.kind == "hold" or not mw.billable(status))
 
-    def _keep_alive(self, mw: CreditMiddleware) -> int | None:
+    def _keep_alive(self, mw: Settlement) -> int | None:
         """Keep the key's lease and the hold alive while the app serves the request."""
         hold = self.receipt.hold if self.receipt is not None else None
         hold_id = hold.hold_id if hold is not None and hold.status == "active" else None
@@ -143,7 +148,7 @@ class _Bill:
             key=self.request_key,
             lease=self.lease,
             hold_id=hold_id,
-            hold_timeout=mw._hold_timeout,
+            hold_timeout=mw.hold_timeout,
         )
 
     async def _timed(self, work: Awaitable[None]) -> None:
@@ -154,7 +159,7 @@ class _Bill:
             self.post_seconds += time.perf_counter() - started
 
     def _response_headers(
-        self, mw: CreditMiddleware, state: MutableMapping[str, Any], message: Message
+        self, mw: Settlement, state: MutableMapping[str, Any], message: Message
     ) -> list[tuple[bytes, bytes]]:
         """The app's headers, less any of ours it set, then ours: the rate-limit fields, the
         charge id, and after a charge the balance and the cost."""
@@ -162,7 +167,7 @@ class _Bill:
                 for name, value in self.headers]  # fmt: skip
         ours.append((_CHARGE_ID, self.charge_id.encode("latin-1")))
         if self.receipt is not None:
-            ours.append((mw._balance_name, str(state["credit_balance"]).encode("latin-1")))
+            ours.append((mw.balance_name, str(state["credit_balance"]).encode("latin-1")))
             cost = state.get("credit_cost")
             if cost is not None:
                 ours.append((_COST, str(cost).encode("latin-1")))
@@ -174,14 +179,14 @@ class _Bill:
 
     async def _finish(
         self,
-        mw: CreditMiddleware,
+        mw: Settlement,
         state: MutableMapping[str, Any],
         status: int,
         recorder: Recorder | None,
     ) -> None:
         """What is still to do once the app is done: give back what was not served, capture
         a hold the handler priced late, store a keyed request's response."""
-        if not mw._billable(status):
+        if not mw.billable(status):
             await self._unbill(mw, state, status)
             return
         if self.kind == "hold":
@@ -193,9 +198,7 @@ class _Bill:
         # without a response we could keep (the app answered nothing), the key is freed
         await self._settle(mw, "store", lambda: self._finish_op(mw, response=stored))
 
-    async def _unbill(
-        self, mw: CreditMiddleware, state: MutableMapping[str, Any], status: int
-    ) -> None:
+    async def _unbill(self, mw: Settlement, state: MutableMapping[str, Any], status: int) -> None:
         """Not served: give back what the request was charged (a resumed request's charge too:
         the call it paid for was never served) and free its key."""
         if self._moved:
@@ -217,7 +220,7 @@ class _Bill:
         if done is not None and done[0] is not None:
             self._apply(state, done[0])
 
-    async def _capture(self, mw: CreditMiddleware, state: MutableMapping[str, Any]) -> None:
+    async def _capture(self, mw: Settlement, state: MutableMapping[str, Any]) -> None:
         """Bill the hold at the handler's final price (a hold that timed out under the call is
         captured late: billed either way)."""
         if self._moved:
@@ -244,17 +247,17 @@ class _Bill:
         else:  # refused, or a retry took the request over: not billed here, not told it paid
             state["credit_cost"] = from_micros(0)
 
-    async def _finish_op(self, mw: CreditMiddleware, **kwargs: Any) -> Receipt | None:
+    async def _finish_op(self, mw: Settlement, **kwargs: Any) -> Receipt | None:
         return await mw.ledger.finish_request(
             self.identity.account_id,
             self.request_key,
             owner=self.owner,
-            ttl=mw._idempotency_ttl,
+            ttl=mw.idempotency_ttl,
             **kwargs,
         )
 
     async def _settle(
-        self, mw: CreditMiddleware, op: str, run: Callable[[], Awaitable[Receipt | None]]
+        self, mw: Settlement, op: str, run: Callable[[], Awaitable[Receipt | None]]
     ) -> tuple[Receipt | None] | None:
         """``(the move's receipt or None,)``; None when it was deferred (it lands later)."""
         try:

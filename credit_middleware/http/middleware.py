@@ -20,13 +20,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._aio import bounded
 from ..charge.bill import CHARGE_ID_HEADER, FINAL_COST_STATE, _Bill
-from ..charge.replay import client_key, read_request
 from ..charge.keepalive import KeepAlive
 from ..charge.outcomes import Outcomes
-from .placement import RUNS_AFTER, innermost, place_inside
-from ..pricing.routing import routing_target
-from .websocket import answer
-from .websocket import serve as serve_websocket
+from ..charge.replay import client_key, read_request
+from ..charge.settlement import Settlement
 from ..credits import FIXED_LEASE, Credits
 from ..errors import (
     AccountNotFound,
@@ -42,24 +39,26 @@ from ..identity.resolvers import (
     InvalidCredentials,
 )
 from ..ledger import ChargeSpec, Receipt, RequestStart
+from ..limits.ratelimit import TIER_TTL, rate_limit_headers, rate_limited
 from ..money import from_micros
 from ..pricing.priced import Price, UnpricedRoute
+from ..pricing.routing import routing_target
 from ..problems import (
     ProblemResponse,
     Refused,
     insufficient,
     ledger_down,
     problem,
-    rate_limited,
     retry_after,
 )
-from ..limits.ratelimit import rate_limit_headers
+from .placement import RUNS_AFTER, innermost, place_inside
+from .websocket import answer
+from .websocket import serve as serve_websocket
 
-__all__ = ["FINAL_COST_STATE", "FIXED_LEASE", "CreditMiddleware"]
+__all__ = ["FINAL_COST_STATE", "FIXED_LEASE", "TIER_TTL", "CreditMiddleware"]
 
 log = logging.getLogger("credit_middleware.middleware")
 T = TypeVar("T")
-TIER_TTL = 60.0
 
 
 class CreditMiddleware:
@@ -119,8 +118,6 @@ class CreditMiddleware:
         self._routes = routing_target(self.app, depth=64)
         self.credits = credits
         self.observer = credits.observer
-        self.redis = credits.redis
-        self._owns_ledger = credits.owns_ledger
         self.ledger = credits.ledger
         self.provisioner = credits.provisioner
         self.limiter = credits.limiter
@@ -128,26 +125,35 @@ class CreditMiddleware:
         self.proxies = credits.proxies
         self.resolver = credits.resolver
         self._fail_open = credits.on_ledger_error == "allow"
-        self._refund = credits.refund_on_error
         self._legacy = credits.legacy_headers
         self._balance_header = credits.balance_header
-        self._balance_name = credits.balance_header.lower().encode("latin-1")
         self._timeout = credits.timeout
         self._hold_timeout = credits.hold_timeout
         self._migrated = credits.migrated
-        # Only what was served is billed: 2xx by default (not the app's 4xx, redirects, 5xx)
-        self._billable_set = credits.billable_statuses
         self._idempotency_ttl = credits.idempotency_ttl
         # how long an attempt may go unrenewed before a retry with its key may take over its
         # charge (a fixed-price call is quick: a worker that died with it frees its key soon;
         # a held or handler-billed one, an LLM call, may run as long as its hold); renewed
         # while the attempt runs (``keepalive``)
         self._lease_fixed, self._lease_long = credits.leases
-        self._max_stored_body = credits.max_stored_body
         self._max_request_body = credits.max_request_body
         self.outcomes = Outcomes(self.ledger, self._timeout, self.observer)
         #: keeps the leases and holds of requests still being served from lapsing
         self.keepalive = KeepAlive(self.ledger, timeout=self._timeout)
+        # what a bill needs to settle once the app answered (only what was served is billed:
+        # 2xx by default, not the app's 4xx, redirects, 5xx)
+        self.settlement = Settlement(
+            ledger=self.ledger,
+            outcomes=self.outcomes,
+            keepalive=self.keepalive,
+            observer=self.observer,
+            billable_statuses=credits.billable_statuses,
+            refund_on_error=credits.refund_on_error,
+            hold_timeout=self._hold_timeout,
+            idempotency_ttl=self._idempotency_ttl,
+            max_stored_body=credits.max_stored_body,
+            balance_header=credits.balance_header,
+        )
         self._started = False
         # account -> (tier, monotonic time to look again): a tier change (an upgrade) is
         # picked up within TIER_TTL seconds without a read on every request.
@@ -208,9 +214,9 @@ class CreditMiddleware:
             return
         overhead = time.perf_counter() - started
         if kind == "websocket":
-            await serve_websocket(self, bill, scope, receive, send)
+            await serve_websocket(self.settlement, self.app, bill, scope, receive, send)
         else:
-            await bill.run(self, scope, receive, send)
+            await bill.run(self.settlement, self.app, scope, receive, send)
         self.observer.request_overhead(overhead + bill.post_seconds)
 
     def _routing_app(self, scope: Scope) -> Any:
@@ -243,11 +249,6 @@ class CreditMiddleware:
         return wrapped
 
     # ------------------------------------------------------------------ admission
-
-    def _billable(self, status: int) -> bool:
-        if status in self._billable_set:
-            return True
-        return status >= 500 and not self._refund
 
     async def _admit(self, scope: Scope, receive: Receive, price: Price, charge_id: str) -> _Bill:
         try:

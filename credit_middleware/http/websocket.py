@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.responses import Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..charge.bill import CHARGE_ID_HEADER, _Bill
+from ..charge.settlement import Settlement
 from ..errors import CreditError
 from ..money import from_micros
-
-if TYPE_CHECKING:
-    from .middleware import CreditMiddleware
 
 __all__ = ["answer", "serve"]
 
@@ -52,16 +50,10 @@ async def answer(response: Response, scope: Scope, receive: Receive, send: Send)
 
 
 async def serve(
-    mw: CreditMiddleware, bill: _Bill, scope: Scope, receive: Receive, send: Send
+    mw: Settlement, app: ASGIApp, bill: _Bill, scope: Scope, receive: Receive, send: Send
 ) -> None:
     """Run the app on an admitted connection; refund its charge if the app never accepts it."""
-    state: MutableMapping[str, Any] = scope.setdefault("state", {})
-    state["credit_identity"] = bill.identity
-    state["credit_account_id"] = bill.identity.account_id
-    state["credit_tier"] = bill.tier
-    state["credit_charge_id"] = bill.charge_id
-    state["credit_cost"] = from_micros(bill.micros) if bill.receipt else None
-    state["credit_balance"] = bill.receipt.available if bill.receipt else None
+    state = bill.expose(scope)
     accepted = False
 
     async def wrapped(message: Message) -> None:
@@ -73,25 +65,25 @@ async def serve(
         await send(message)
 
     try:
-        await mw.app(scope, receive, wrapped)
+        await app(scope, receive, wrapped)
     finally:
         if not accepted:
             await _refund(mw, bill, state)
 
 
 def _headers(
-    state: MutableMapping[str, Any], bill: _Bill, mw: CreditMiddleware
+    state: MutableMapping[str, Any], bill: _Bill, mw: Settlement
 ) -> list[tuple[bytes, bytes]]:
     ours = [(name.lower().encode("latin-1"), value.encode("latin-1"))
             for name, value in bill.headers]  # fmt: skip
     ours.append((CHARGE_ID_HEADER.lower().encode("latin-1"), bill.charge_id.encode("latin-1")))
     if bill.receipt is not None:
-        ours.append((mw._balance_name, str(state["credit_balance"]).encode("latin-1")))
+        ours.append((mw.balance_name, str(state["credit_balance"]).encode("latin-1")))
         ours.append((b"credit-cost", str(state["credit_cost"]).encode("latin-1")))
     return ours
 
 
-async def _refund(mw: CreditMiddleware, bill: _Bill, state: MutableMapping[str, Any]) -> None:
+async def _refund(mw: Settlement, bill: _Bill, state: MutableMapping[str, Any]) -> None:
     receipt = bill.receipt
     if receipt is None or receipt.replayed:
         return

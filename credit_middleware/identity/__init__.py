@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from .default import default_resolver
+from .jwt import JWTResolver
 from .resolvers import (
+    ApiKeyLookup,
     ApiKeyResolver,
     ChainResolver,
     HeaderResolver,
@@ -11,17 +14,18 @@ from .resolvers import (
     InvalidCredentials,
     ScopeUserResolver,
     TrustedProxies,
-    default_resolver,
     header,
 )
 
 __all__ = [
+    "ApiKeyLookup",
     "ApiKeyResolver",
     "ChainResolver",
     "HeaderResolver",
     "Identity",
     "IdentityResolver",
     "InvalidCredentials",
+    "JWTResolver",
     "ScopeUserResolver",
     "TrustedProxies",
     "default_resolver",

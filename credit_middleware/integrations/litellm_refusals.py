@@ -1,4 +1,4 @@
-"""The old import path of :mod:`credit_middleware.integrations.litellm.refusals` (kept for users)."""
+"""The old import path of :mod:`credit_middleware.integrations.litellm.refusals` (kept)."""
 
 from __future__ import annotations
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from .litellm.routes import (
-    Deployment,
     PRICE_KEYS,
+    Deployment,
     deployments,
     proxy_router,
     reachable,
@@ -12,8 +12,8 @@ from .litellm.routes import (
 )
 
 __all__ = [
-    "Deployment",
     "PRICE_KEYS",
+    "Deployment",
     "deployments",
     "proxy_router",
     "reachable",

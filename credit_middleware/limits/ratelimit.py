@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote
@@ -22,12 +22,22 @@ from urllib.parse import quote
 from limits import RateLimitItem, parse_many
 
 from .._aio import bounded
-from .memory import MemoryCounter
-from .redis_scripts import Counted, RedisCounter
 from ..errors import BackendUnavailable, ConfigurationError
 from ..events import NULL_OBSERVER, Observer
+from ..problems import ProblemResponse, problem
+from .memory import MemoryCounter
+from .redis_scripts import Counted, RedisCounter
 
-__all__ = ["DEFAULT_TIERS", "LimitState", "RateLimiter", "Strategy", "Verdict"]
+__all__ = [
+    "DEFAULT_TIERS",
+    "TIER_TTL",
+    "LimitState",
+    "RateLimiter",
+    "Strategy",
+    "Verdict",
+    "rate_limit_headers",
+    "rate_limited",
+]
 
 log = logging.getLogger("credit_middleware.ratelimit")
 
@@ -39,6 +49,9 @@ _STRATEGIES: Mapping[str, str] = {
     "fixed-window": "fw",
 }
 DEFAULT_TIERS: Mapping[str, str] = {"trial": "60/minute;1000/day"}
+#: how long a middleware trusts the tier it read for an account: a tier change (an upgrade)
+#: is picked up within this many seconds, without a read on every request
+TIER_TTL = 60.0
 _MAX_REFUSALS = 10_000  # refusals remembered per limiter (oldest dropped first)
 
 
@@ -256,3 +269,19 @@ def rate_limit_headers(verdict: Verdict, *, legacy: bool = False) -> list[tuple[
             ("X-RateLimit-Reset", str(tight.reset)),
         ]
     return out
+
+
+def rate_limited(
+    verdict: Verdict, tier: str, headers: Iterable[tuple[str, str]]
+) -> ProblemResponse:
+    """A 429 naming the limit that was exceeded and when to try again."""
+    hdrs = dict(headers)
+    hdrs["Retry-After"] = str(verdict.retry_after)
+    return problem(
+        "rate-limited",
+        f"rate limit {verdict.exceeded} exceeded for tier {tier}",
+        headers=hdrs,
+        tier=tier,
+        limit=verdict.exceeded,
+        retry_after=verdict.retry_after,
+    )

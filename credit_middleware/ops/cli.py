@@ -19,11 +19,11 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .._version import __version__
-from . import audit as _cli_audit
-from .db import check_schema, database_url
 from ..errors import AccountNotFound, CreditError
 from ..ledger import Ledger, Receipt, TierChange
-from ..http.middleware import TIER_TTL
+from ..limits.ratelimit import TIER_TTL
+from . import audit as _cli_audit
+from .db import check_schema, database_url
 
 _PAGE = 1000  # the ledger's largest page; --limit beyond it pages through
 _DURATION = re.compile(r"^(\d{1,6})([smhdw])$")

@@ -1,12 +1,13 @@
-"""What a request costs: route prices, declared with ``@priced`` or configured, documented in OpenAPI."""
+"""What a request costs: route prices, declared with ``@priced`` or configured, and
+documented in OpenAPI."""
 
 from __future__ import annotations
 
 from .priced import (
     DEFAULT_EXEMPT,
     EXEMPT_ATTRIBUTE,
-    Mode,
     PRICE_ATTRIBUTE,
+    Mode,
     Price,
     PricedRoute,
     Pricing,
@@ -18,8 +19,8 @@ from .priced import (
 __all__ = [
     "DEFAULT_EXEMPT",
     "EXEMPT_ATTRIBUTE",
-    "Mode",
     "PRICE_ATTRIBUTE",
+    "Mode",
     "Price",
     "PricedRoute",
     "Pricing",

@@ -2,21 +2,18 @@
 
 Route objects are only read (Starlette's ``Route``/``Mount``, FastAPI's ``APIRoute`` and the
 route contexts of its included routers); nothing is imported from FastAPI, so a Starlette app
-never pays for it. Prices are decided per request by :mod:`._routing`, not here.
+never pays for it. Prices are decided per request by :mod:`.priced`, not here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.routing import Host, Mount
 
-from .routing import candidates, routing_target, structural
 from ..problems import openapi_responses
-
-if TYPE_CHECKING:
-    from .priced import Pricing
+from .routing import candidates, routing_target, structural
 
 __all__ = ["api_routes", "document"]
 
@@ -47,14 +44,18 @@ def api_routes(app: Any, opaque: Callable[[Any], bool]) -> Iterator[ApiRoute]:
     return visit(getattr(router, "routes", None) or (), "", 0)
 
 
-def document(app: Any, pricing: Pricing) -> None:
+#: ``(endpoint, path, method)`` -> the route's price, or None where it is not priced
+PriceOf = Callable[[Any, str, str], object]
+
+
+def document(app: Any, opaque: Callable[[Any], bool], price_of: PriceOf) -> None:
     """Add the middleware's refusals (401, 402, 429, 503 as problem+json) to the OpenAPI
     responses of every FastAPI route of ``app`` that is priced; a route's own entries are
     kept. A route of an included router is documented both where FastAPI reads it now (its
     route context) and on the router's own route (what a later rebuild copies)."""
     changed = False
-    for path, methods, route in api_routes(app, pricing.opaque):
-        if not any(pricing.endpoint_price(route.endpoint, path, m) is not None for m in methods):
+    for path, methods, route in api_routes(app, opaque):
+        if not any(price_of(route.endpoint, path, m) is not None for m in methods):
             continue
         targets = [route.responses]
         original = getattr(getattr(route, "original_route", None), "responses", None)

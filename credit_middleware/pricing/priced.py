@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from starlette.types import Scope
 
+from ..errors import ConfigurationError
 from .declare import (
     EXEMPT_ATTRIBUTE,
     MODES,
@@ -32,8 +33,8 @@ from .declare import (
     micros_of,
     priced,
 )
+from .openapi import document
 from .routing import UnknownRoute, route_path, served
-from ..errors import ConfigurationError
 
 __all__ = [
     "DEFAULT_EXEMPT",
@@ -312,6 +313,4 @@ class Pricing:
         """Document the refusals of the app's priced FastAPI routes in its OpenAPI (called once
         per app, with the first request or lifespan that names it)."""
         if self._document:
-            from .openapi import document
-
-            document(app, self)
+            document(app, self.opaque, self.endpoint_price)

@@ -27,15 +27,15 @@ import logging
 import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from .newuser import AccountIdGetter, _identity, _payload, default_account_id, identity_for
 from ..errors import ConfigurationError
 from ..events import Observer
 from ..identity.resolvers import Identity, TrustedProxies
+from .newuser import AccountIdGetter, _identity, _payload, default_account_id, identity_for
 from .provisioning import Provisioner, ProvisionResult
 
 __all__ = [
@@ -45,9 +45,6 @@ __all__ = [
     "provision",
     "provision_credits",
 ]
-
-if TYPE_CHECKING:
-    from ..credits import Credits
 
 log = logging.getLogger("credit_middleware.signup")
 
@@ -213,6 +210,13 @@ def _runner(target: Any, options: dict[str, Any]) -> SignupProvisioning:
     return SignupProvisioning(target, **options)
 
 
+class HasSignup(Protocol):
+    """What signup needs of a :class:`~credit_middleware.Credits`: its shared runner (which
+    migrates and knows the trusted proxies). Only the shape: trials know nothing above them."""
+
+    signup: SignupProvisioning
+
+
 Target = Provisioner | SignupProvisioning
 
 
@@ -227,7 +231,7 @@ def _signature(handler: Callable[..., Any]) -> inspect.Signature:
 
 
 def provision_credits(
-    target: Credits | Target | Callable[[Any], Credits | Target],
+    target: HasSignup | Target | Callable[[Any], HasSignup | Target],
     *,
     account_id: AccountIdGetter = default_account_id,
     **options: Any,
@@ -346,7 +350,7 @@ def _is_request(annotation: Any) -> bool:
 
 
 async def provision(
-    target: Credits | Provisioner | SignupProvisioning,
+    target: HasSignup | Provisioner | SignupProvisioning,
     identity: Identity | str,
     **options: Any,
 ) -> ProvisionResult | None:
