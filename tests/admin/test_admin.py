@@ -12,7 +12,7 @@ from starlette.requests import Request
 
 from credit_middleware import ConfigurationError, Ledger, Provisioner, TrialPolicy
 from credit_middleware.admin import admin_app, bearer_token_guard
-from credit_middleware.metrics import RecentRefusals
+from credit_middleware.ops.metrics import RecentRefusals
 
 pytestmark = pytest.mark.anyio
 

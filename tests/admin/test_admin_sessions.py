@@ -255,7 +255,7 @@ async def test_mounted_behind_the_middleware_with_admin_exempt(ledger: Ledger) -
     from _middleware_helpers import SECRET
 
     from credit_middleware import Provisioner
-    from credit_middleware.middleware import CreditMiddleware
+    from credit_middleware.http.middleware import CreditMiddleware
     from credit_middleware.pricing import Pricing, Route
 
     site = _site(ledger)

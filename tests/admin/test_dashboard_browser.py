@@ -28,8 +28,8 @@ from test_report_helpers import ADMIN, ADMIN_TOKEN, EXPECTED, dashboard_numbers,
 
 from credit_middleware import Ledger
 from credit_middleware.admin import admin_app
-from credit_middleware.metrics import PrometheusObserver
-from credit_middleware.report import build_report
+from credit_middleware.ops.metrics import PrometheusObserver
+from credit_middleware.ops.report import build_report
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 CHROMIUM_ARGS = (

@@ -17,7 +17,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route as StarletteRoute
 
 from credit_middleware import Ledger, Provisioner
-from credit_middleware.middleware import CreditMiddleware
+from credit_middleware.http.middleware import CreditMiddleware
 from credit_middleware.pricing import Pricing, Route
 
 pytestmark = pytest.mark.anyio

@@ -22,7 +22,7 @@ from _middleware_helpers import bearer, build_app, client, middleware_of, trial_
 from credit_middleware import BackendUnavailable, InsufficientCredits, Ledger, Provisioner
 
 pytestmark = pytest.mark.anyio
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(params=["sqlite", "databases", "postgresql"])

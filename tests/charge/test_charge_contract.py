@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from credit_middleware import Identity, Ledger, Provisioner, TrialPolicy
 from credit_middleware.errors import BackendUnavailable
-from credit_middleware.middleware import FINAL_COST_STATE, CreditMiddleware
+from credit_middleware.http.middleware import FINAL_COST_STATE, CreditMiddleware
 from credit_middleware.pricing import Pricing
 from credit_middleware.pricing import Route as Priced
 
@@ -387,7 +387,7 @@ async def test_every_deferred_refund_of_one_account_lands(
 ) -> None:
     """Issue 18 item 1: while the ledger is away, two unserved calls of one account each leave
     a refund to settle later; both land (they were de-duplicated by account and kind)."""
-    from credit_middleware import _outcome
+    from credit_middleware.charge import outcomes as _outcome
 
     monkeypatch.setattr(_outcome, "_BACKOFF", (3600.0,) * 7)  # only drain() retries here
     work = Work()

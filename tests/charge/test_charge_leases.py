@@ -17,10 +17,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from credit_middleware import ConfigurationError, Credits, Ledger, Provisioner
-from credit_middleware._idempotency import read_request
+from credit_middleware.charge.replay import read_request
 from credit_middleware.errors import BackendUnavailable
 from credit_middleware.ledger import ChargeSpec
-from credit_middleware.middleware import FINAL_COST_STATE, CreditMiddleware
+from credit_middleware.http.middleware import FINAL_COST_STATE, CreditMiddleware
 from credit_middleware.pricing import Pricing
 from credit_middleware.pricing import Route as Priced
 
@@ -256,7 +256,7 @@ async def test_a_503_reversal_never_takes_back_a_charge_a_retry_serves(
     """An attempt whose charge could not be settled answers 503 and leaves its reversal for
     later; a retry after its lease serves the call under that charge: the late reversal must
     leave it alone (else the call was served free)."""
-    from credit_middleware import _outcome
+    from credit_middleware.charge import outcomes as _outcome
 
     slow = Slow()
     slow.runs = 1

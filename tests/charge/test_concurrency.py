@@ -24,7 +24,7 @@ from credit_middleware import (
 )
 
 pytestmark = pytest.mark.anyio
-WORKER = Path(__file__).with_name("_worker.py")
+WORKER = Path(__file__).parents[1] / "_worker.py"
 
 
 def run_processes(n: int, *args: str) -> list[dict[str, Any]]:

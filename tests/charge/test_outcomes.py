@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from credit_middleware import BackendUnavailable, Ledger
-from credit_middleware._outcome import Outcomes
+from credit_middleware.charge.outcomes import Outcomes
 from credit_middleware.events import Observer
 
 pytestmark = pytest.mark.anyio

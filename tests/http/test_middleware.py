@@ -213,7 +213,7 @@ async def test_lifespan_passes_through_and_a_websocket_without_credential_is_ref
     async def inner(scope: Any, receive: Any, send: Any) -> None:
         seen.append(scope["type"])
 
-    from credit_middleware.middleware import CreditMiddleware
+    from credit_middleware.http.middleware import CreditMiddleware
 
     mw = CreditMiddleware(inner, provisioner=Provisioner(ledger))
 
@@ -266,7 +266,7 @@ async def test_our_fields_replace_an_apps_own_of_the_same_name(ledger: Ledger) -
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route as StarletteRoute
 
-    from credit_middleware.middleware import CreditMiddleware
+    from credit_middleware.http.middleware import CreditMiddleware
 
     async def upstream(request: Any) -> PlainTextResponse:
         return PlainTextResponse(

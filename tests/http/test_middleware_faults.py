@@ -22,7 +22,7 @@ from _middleware_helpers import (
 )
 
 from credit_middleware import Ledger, Provisioner
-from credit_middleware.ratelimit import RateLimiter
+from credit_middleware.limits.ratelimit import RateLimiter
 
 pytestmark = pytest.mark.anyio
 

@@ -29,7 +29,7 @@ from credit_middleware.identity import (
     ScopeUserResolver,
     TrustedProxies,
 )
-from credit_middleware.jwt_auth import JWTResolver
+from credit_middleware.identity.jwt import JWTResolver
 
 pytestmark = pytest.mark.anyio
 

@@ -18,7 +18,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no price-map do
 from starlette.applications import Starlette
 
 from credit_middleware import Ledger, Provisioner, TrialPolicy
-from credit_middleware.middleware import CreditMiddleware
+from credit_middleware.http.middleware import CreditMiddleware
 from credit_middleware.pricing import Pricing, Route
 from examples.chat import DEFAULT_MOCK, chat_route
 

@@ -18,10 +18,10 @@ import litellm
 from litellm.router import Router
 
 from credit_middleware import Ledger, Provisioner
-from credit_middleware.integrations.litellm_calls import worst_case
-from credit_middleware.integrations.litellm_media import audio_seconds, image_price
-from credit_middleware.integrations.litellm_pricing import Pricer, UnknownModelPrice
-from credit_middleware.integrations.litellm_routes import reachable, served_by
+from credit_middleware.integrations.litellm.calls import worst_case
+from credit_middleware.integrations.litellm.media import audio_seconds, image_price
+from credit_middleware.integrations.litellm.pricing import Pricer, UnknownModelPrice
+from credit_middleware.integrations.litellm.routes import reachable, served_by
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Item '.*' on TypedDict class '.*' is using the `ReadOnly` qualifier:UserWarning"
@@ -162,7 +162,7 @@ async def test_the_hold_covers_the_dearest_fallback(ledger: Ledger) -> None:
     from litellm.caching.dual_cache import DualCache
     from litellm.proxy._types import UserAPIKeyAuth
 
-    from credit_middleware.integrations.litellm_proxy import CreditProxyHook
+    from credit_middleware.integrations.litellm.proxy import CreditProxyHook
 
     router = _router(fallbacks=[{"cheap": ["pricey"]}])
     hook = CreditProxyHook(Provisioner(ledger), router=router)

@@ -21,7 +21,7 @@ from litellm.exceptions import InternalServerError
 from litellm.proxy._types import UserAPIKeyAuth
 
 from credit_middleware import Ledger, Provisioner, TrialPolicy
-from credit_middleware.integrations.litellm_proxy import CreditProxyHook, CreditRefusal, end_user
+from credit_middleware.integrations.litellm.proxy import CreditProxyHook, CreditRefusal, end_user
 
 pytestmark = [
     pytest.mark.anyio,

@@ -22,8 +22,8 @@ from litellm.router import Router
 from litellm.types.utils import CallTypes
 
 from credit_middleware import Ledger, Provisioner, RedisLocks
-from credit_middleware.integrations.litellm_calls import KINDS
-from credit_middleware.integrations.litellm_proxy import CreditProxyHook, CreditRefusal
+from credit_middleware.integrations.litellm.calls import KINDS
+from credit_middleware.integrations.litellm.proxy import CreditProxyHook, CreditRefusal
 
 pytestmark = [
     pytest.mark.anyio,

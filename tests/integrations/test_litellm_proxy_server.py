@@ -30,7 +30,7 @@ import httpx
 from _litellm_proxy_run import UNREACHABLE, need_proxy, proxy, upstream
 
 from credit_middleware import Ledger, Provisioner
-from credit_middleware.integrations.litellm_pricing import usd
+from credit_middleware.integrations.litellm.pricing import usd
 
 pytestmark = [
     pytest.mark.anyio,
@@ -98,7 +98,7 @@ import os
 import redis.asyncio as redis
 from litellm.proxy._types import UserAPIKeyAuth
 from credit_middleware import Ledger, Provisioner, RedisLocks
-from credit_middleware.integrations.litellm_proxy import CreditProxyHook
+from credit_middleware.integrations.litellm.proxy import CreditProxyHook
 
 class Credits(CreditProxyHook):  # a subclass: the proxy must still find every hook
     async def async_post_call_response_headers_hook(self, data, user_api_key_dict, response,

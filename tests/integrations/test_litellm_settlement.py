@@ -21,7 +21,7 @@ from litellm.proxy._types import UserAPIKeyAuth
 
 from credit_middleware import BackendUnavailable, Ledger, Provisioner
 from credit_middleware.integrations.litellm import CreditedLLM
-from credit_middleware.integrations.litellm_proxy import CreditProxyHook, CreditRefusal
+from credit_middleware.integrations.litellm.proxy import CreditProxyHook, CreditRefusal
 
 pytestmark = [
     pytest.mark.anyio,

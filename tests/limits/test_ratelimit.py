@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from credit_middleware import ConfigurationError
-from credit_middleware.ratelimit import (
+from credit_middleware.limits.ratelimit import (
     LimitState,
     RateLimiter,
     Strategy,

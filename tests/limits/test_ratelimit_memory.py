@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 from limits import parse_many, strategies
 from limits.storage import MemoryStorage
 
-from credit_middleware import _ratelimit_memory
-from credit_middleware._ratelimit_memory import MemoryCounter
-from credit_middleware.ratelimit import RateLimiter
+from credit_middleware.limits import memory as _ratelimit_memory
+from credit_middleware.limits.memory import MemoryCounter
+from credit_middleware.limits.ratelimit import RateLimiter
 
 LIMIT_SETS = ["2/10 seconds", "1/5 seconds;3/minute", "1/second;2/10 seconds;4/minute"]
 STRATEGIES = ["moving-window", "fixed-window", "sliding-window-counter"]
@@ -127,7 +127,7 @@ def test_expired_entries_are_swept_at_most_once_a_second() -> None:
         started += 1
         return real(*args, **kwargs)
 
-    with mock.patch("credit_middleware._ratelimit_memory.threading.Timer", counting):
+    with mock.patch("credit_middleware.limits.memory.threading.Timer", counting):
         for i in range(200):
             counter.count(items, ("t", f"acct-{i}", "*"))
     assert started <= 1  # limits' own storage would start up to one thread per 10 ms

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from _redis_servers import Servers, cluster_port, require_binaries
 from redis.crc import key_slot
 
-from credit_middleware.ratelimit import RateLimiter
+from credit_middleware.limits.ratelimit import RateLimiter
 
 pytestmark = pytest.mark.anyio
 

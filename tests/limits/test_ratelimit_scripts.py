@@ -32,7 +32,7 @@ from limits import parse_many
 from limits.aio import strategies as lstrategies
 from limits.aio.storage.redis import redispy
 
-from credit_middleware._ratelimit_redis import RedisCounter
+from credit_middleware.limits.redis_scripts import RedisCounter
 from credit_middleware._redis import limits_storage
 
 pytestmark = pytest.mark.redis

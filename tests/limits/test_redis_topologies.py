@@ -44,7 +44,7 @@ from credit_middleware import (
     close_redis,
     redis_from_url,
 )
-from credit_middleware.abuse import IP_TRIAL_LIMIT
+from credit_middleware.trials.abuse import IP_TRIAL_LIMIT
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from credit_middleware.cli import main
+from credit_middleware.ops.cli import main
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
@@ -118,7 +118,7 @@ NOT_IN_THE_DEMO = (
 def test_demo_runs_clean_with_only_what_make_demo_installs(tmp_path: Path) -> None:
     """The walkthrough on the package, its jwt and prometheus extras and httpx alone (as if
     nothing else were installed), leaving nothing behind in the temporary folder."""
-    demo = Path(__file__).parents[1] / "examples" / "demo.py"
+    demo = Path(__file__).parents[2] / "examples" / "demo.py"
     code = (
         "import runpy, sys\n"
         f"for name in {NOT_IN_THE_DEMO!r}:\n"

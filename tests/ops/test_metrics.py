@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from credit_middleware import ConfigurationError
 from credit_middleware.events import Observer
-from credit_middleware.metrics import PrometheusObserver, RecentRefusals, metrics_app
+from credit_middleware.ops.metrics import PrometheusObserver, RecentRefusals, metrics_app
 
 pytestmark = pytest.mark.anyio
 

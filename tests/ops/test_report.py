@@ -13,7 +13,7 @@ from test_report_helpers import ADMIN, EXPECTED, dashboard_numbers, run_session
 
 from credit_middleware import Identity, Ledger, Provisioner, TrialPolicy
 from credit_middleware.admin import render_dashboard
-from credit_middleware.report import build_report, render_text
+from credit_middleware.ops.report import build_report, render_text
 
 pytestmark = pytest.mark.anyio
 
@@ -181,7 +181,7 @@ async def test_accounts_an_operator_opened_are_neither_denied_trials_nor_convers
 ) -> None:
     """``grant --create`` opens an account the trial policy never saw: it is not a denied
     trial, and what it bought is not its cohort's conversion. A real refusal still counts."""
-    from credit_middleware.cli import main
+    from credit_middleware.ops.cli import main
 
     prov = Provisioner(ledger, TrialPolicy(require_verified_email=True))
     await prov.ensure_account("refused", layer="request")  # unverified: trial denied

@@ -242,7 +242,7 @@ async def test_a_mounted_app_with_its_own_middleware_is_billed_once(ledger: Ledg
 
 
 def test_route_path_is_the_routers(monkeypatch: Any) -> None:
-    from credit_middleware import _routing
+    from credit_middleware.pricing import routing as _routing
 
     cases = [
         ({"path": "/api/v1/x", "root_path": "/api"}, "/v1/x"),

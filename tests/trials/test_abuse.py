@@ -14,7 +14,7 @@ from limits.aio.storage import MemoryStorage
 from limits.storage import storage_from_string
 
 from credit_middleware import ConfigurationError, Identity, Ledger, Provisioner, TrialPolicy
-from credit_middleware.abuse import IP_TRIAL_LIMIT, TrialIpCap, network_of
+from credit_middleware.trials.abuse import IP_TRIAL_LIMIT, TrialIpCap, network_of
 
 pytestmark = pytest.mark.anyio
 
@@ -129,7 +129,7 @@ class _Slow(MemoryStorage):
 async def test_storage_failure_fails_open_and_logs_once(caplog: pytest.LogCaptureFixture) -> None:
     rec = Recorder()
     cap = TrialIpCap("1/day", storage=_Broken(), observer=rec)
-    with caplog.at_level(logging.WARNING, logger="credit_middleware.abuse"):
+    with caplog.at_level(logging.WARNING, logger="credit_middleware.trials.abuse"):
         for i in range(5):
             assert await cap(Identity(f"x{i}", client_ip="192.0.2.5")) is None
     assert len([r for r in caplog.records if "degraded" in r.getMessage()]) == 1

@@ -18,9 +18,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from credit_middleware import Identity, Ledger, Provisioner, TrialPolicy
-from credit_middleware.abuse import IP_TRIAL_LIMIT, TrialIpCap
-from credit_middleware.integrations.webhook import WebhookReceiver, sign
-from credit_middleware.signup import provision_credits
+from credit_middleware.trials.abuse import IP_TRIAL_LIMIT, TrialIpCap
+from credit_middleware.trials.webhook import WebhookReceiver, sign
+from credit_middleware.trials.signup import provision_credits
 
 pytestmark = pytest.mark.anyio
 

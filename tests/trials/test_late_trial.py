@@ -12,7 +12,7 @@ import pytest
 from _middleware_helpers import Recorder, balance, bearer, build_app, client
 
 from credit_middleware import Identity, Ledger, Provisioner, TrialPolicy
-from credit_middleware.abuse import IP_TRIAL_LIMIT
+from credit_middleware.trials.abuse import IP_TRIAL_LIMIT
 from credit_middleware.events import Observer
 
 pytestmark = pytest.mark.anyio

@@ -173,7 +173,7 @@ async def test_what_a_process_knows_of_an_account_expires(
 ) -> None:
     """A tier changed elsewhere (a purchase) reaches this process's provisioner within
     KNOWN_TTL: the LiteLLM integration prices by the tier it reports."""
-    import credit_middleware.provisioning as provisioning
+    import credit_middleware.trials.provisioning as provisioning
 
     class Monotonic:
         now = 1000.0

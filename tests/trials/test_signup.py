@@ -24,8 +24,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from credit_middleware import ConfigurationError, Identity, Ledger, Provisioner, TrialPolicy
-from credit_middleware.provisioning import ProvisionResult
-from credit_middleware.signup import (
+from credit_middleware.trials.provisioning import ProvisionResult
+from credit_middleware.trials.signup import (
     SignupProvisioning,
     default_account_id,
     provision,

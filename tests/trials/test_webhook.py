@@ -15,8 +15,8 @@ from starlette.applications import Starlette
 from starlette.routing import Mount, Route
 
 from credit_middleware import ConfigurationError, Identity, Ledger, Provisioner, TrialPolicy
-from credit_middleware.abuse import IP_TRIAL_LIMIT, TrialIpCap
-from credit_middleware.integrations.webhook import WebhookReceiver, parse_event, sign
+from credit_middleware.trials.abuse import IP_TRIAL_LIMIT, TrialIpCap
+from credit_middleware.trials.webhook import WebhookReceiver, parse_event, sign
 
 pytestmark = pytest.mark.anyio
 
