@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 
 from starlette.types import Message, Receive, Scope, Send
 
+from ..errors import IdempotencyConflict, IdempotencyInFlight, IdempotencyMismatch
 from ..ledger import StoredResponse
-from ..problems import Refused, problem
+from ..problems import Refused, problem, retry_after
 
 __all__ = [
     "REPLAY_HEADER",
@@ -155,3 +156,14 @@ async def send_replay(
     headers.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra)
     await send({"type": "http.response.start", "status": stored.status, "headers": headers})
     await send({"type": "http.response.body", "body": stored.body})
+
+
+def key_refused(exc: IdempotencyConflict) -> Refused:
+    """The refusal of a request whose ``Idempotency-Key`` cannot be served now: reused for
+    another request (422-style mismatch), still in flight (try again), or in conflict."""
+    if isinstance(exc, IdempotencyMismatch):
+        return Refused(problem("idempotency-mismatch", str(exc)), "idempotency_mismatch")
+    if isinstance(exc, IdempotencyInFlight):
+        body = problem("idempotency-in-flight", str(exc), headers=retry_after(1))
+        return Refused(body, "idempotency_in_flight")
+    return Refused(problem("idempotency-conflict", str(exc)), "idempotency_conflict")

@@ -22,6 +22,7 @@ class Settlement:
         "hold_timeout",
         "idempotency_ttl",
         "keepalive",
+        "leases",
         "ledger",
         "max_stored_body",
         "observer",
@@ -40,6 +41,7 @@ class Settlement:
         refund_on_error: bool,
         hold_timeout: float,
         idempotency_ttl: float,
+        leases: tuple[float, float],
         max_stored_body: int,
         balance_header: str,
     ) -> None:
@@ -51,6 +53,11 @@ class Settlement:
         self.refund_on_error = refund_on_error
         self.hold_timeout = hold_timeout
         self.idempotency_ttl = idempotency_ttl
+        #: how long an attempt may go unrenewed before a retry with its key may take over its
+        #: charge: (a fixed-price call, quick: a worker that died with it frees its key soon;
+        #: a held or handler-billed one, an LLM call, may run as long as its hold); renewed
+        #: while the attempt runs (:mod:`.keepalive`)
+        self.leases = leases
         self.max_stored_body = max_stored_body
         #: the balance header's name as it goes on the wire
         self.balance_name = balance_header.lower().encode("latin-1")

@@ -14,7 +14,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Iterable
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -22,7 +22,8 @@ from .._aio import bounded
 from ..charge.bill import CHARGE_ID_HEADER, FINAL_COST_STATE, _Bill
 from ..charge.keepalive import KeepAlive
 from ..charge.outcomes import Outcomes
-from ..charge.replay import client_key, read_request
+from ..charge.pay import pay
+from ..charge.replay import client_key, key_refused, read_request
 from ..charge.settlement import Settlement
 from ..credits import FIXED_LEASE, Credits
 from ..errors import (
@@ -30,28 +31,14 @@ from ..errors import (
     BackendUnavailable,
     ConfigurationError,
     IdempotencyConflict,
-    IdempotencyInFlight,
-    IdempotencyMismatch,
     InsufficientCredits,
 )
-from ..identity.resolvers import (
-    Identity,
-    InvalidCredentials,
-)
-from ..ledger import ChargeSpec, Receipt, RequestStart
+from ..identity.resolvers import Identity, InvalidCredentials
 from ..limits.ratelimit import TIER_TTL, rate_limit_headers, rate_limited
-from ..money import from_micros
 from ..pricing.priced import Price, UnpricedRoute
 from ..pricing.routing import routing_target
-from ..problems import (
-    ProblemResponse,
-    Refused,
-    insufficient,
-    ledger_down,
-    problem,
-    retry_after,
-)
-from .placement import RUNS_AFTER, innermost, place_inside
+from ..problems import ProblemResponse, Refused, insufficient, ledger_down, problem, retry_after
+from .placement import RUNS_AFTER, innermost, place_inside, preflight
 from .websocket import answer
 from .websocket import serve as serve_websocket
 
@@ -130,12 +117,6 @@ class CreditMiddleware:
         self._timeout = credits.timeout
         self._hold_timeout = credits.hold_timeout
         self._migrated = credits.migrated
-        self._idempotency_ttl = credits.idempotency_ttl
-        # how long an attempt may go unrenewed before a retry with its key may take over its
-        # charge (a fixed-price call is quick: a worker that died with it frees its key soon;
-        # a held or handler-billed one, an LLM call, may run as long as its hold); renewed
-        # while the attempt runs (``keepalive``)
-        self._lease_fixed, self._lease_long = credits.leases
         self._max_request_body = credits.max_request_body
         self.outcomes = Outcomes(self.ledger, self._timeout, self.observer)
         #: keeps the leases and holds of requests still being served from lapsing
@@ -150,7 +131,8 @@ class CreditMiddleware:
             billable_statuses=credits.billable_statuses,
             refund_on_error=credits.refund_on_error,
             hold_timeout=self._hold_timeout,
-            idempotency_ttl=self._idempotency_ttl,
+            idempotency_ttl=credits.idempotency_ttl,
+            leases=credits.leases,
             max_stored_body=credits.max_stored_body,
             balance_header=credits.balance_header,
         )
@@ -181,7 +163,7 @@ class CreditMiddleware:
         """The middleware's work on one request (here, or inside the CORS/authentication
         middleware it was added outside of)."""
         kind = scope["type"]
-        if kind not in ("http", "websocket") or _preflight(scope):
+        if kind not in ("http", "websocket") or preflight(scope):
             await self.app(scope, receive, send)  # a CORS preflight is never billed or refused
             return
         try:
@@ -280,7 +262,7 @@ class CreditMiddleware:
                     "rate-limiter-unavailable", "rate limiting unavailable", headers=retry_after(5)
                 )
                 raise Refused(body, "redis_unavailable") from None
-            self._ledger_fault(exc)
+            self._ledger_health(exc)
             if self._fail_open:
                 return bill
             raise Refused(ledger_down(), "ledger_unavailable") from None
@@ -303,24 +285,18 @@ class CreditMiddleware:
         except InsufficientCredits as exc:
             self.observer.ledger_op(bill.kind, "insufficient")
             raise Refused(await self._insufficient(exc, bill), "insufficient_credits") from None
-        except IdempotencyMismatch as exc:
-            body = problem("idempotency-mismatch", str(exc))
-            raise Refused(body, "idempotency_mismatch") from None
-        except IdempotencyInFlight as exc:
-            body = problem("idempotency-in-flight", str(exc), headers=retry_after(1))
-            raise Refused(body, "idempotency_in_flight") from None
         except IdempotencyConflict as exc:
-            body = problem("idempotency-conflict", str(exc))
-            raise Refused(body, "idempotency_conflict") from None
+            raise key_refused(exc) from None
         except BackendUnavailable as exc:
             self.observer.ledger_op(bill.kind, "error")
-            self._ledger_fault(exc)
+            self._ledger_health(exc)
             if self._fail_open:
                 bill.micros = 0
                 bill.request_key = None
                 return bill
             raise Refused(ledger_down(), "ledger_unavailable", charged_id=True) from None
-        self._ledger_ok()
+        if self._db_degraded:
+            self._ledger_health(None)
         if bill.receipt is not None:
             self.observer.ledger_op(bill.kind, "replayed" if bill.receipt.replayed else "ok")
         elif bill.start is not None and bill.start.state == "replay":
@@ -354,7 +330,7 @@ class CreditMiddleware:
     async def _charge(self, identity: Identity, bill: _Bill) -> None:
         for attempt in (1, 2):
             try:
-                await self._money(identity.account_id, bill)
+                await pay(self.settlement, identity.account_id, bill)
                 return
             except InsufficientCredits:
                 # A trial denied earlier (an unverified e-mail) may be due now; the provisioner
@@ -387,50 +363,6 @@ class CreditMiddleware:
             return False
         return result.granted or self.provisioner.granted_late(identity.account_id)
 
-    async def _money(self, aid: str, bill: _Bill) -> None:
-        """Charge the bill under its charge id (claiming its idempotency key with it)."""
-        amount = from_micros(bill.micros)
-        route = bill.route
-        cid = bill.owner
-        bill.lease = self._lease_fixed if bill.price.mode == "fixed" else self._lease_long
-        key = bill.request_key
-        if key is not None:
-            assert bill.buffered is not None
-            spec = None
-            if bill.micros > 0 and bill.price.mode != "handler":
-                kind: Literal["debit", "hold"] = "hold" if bill.kind == "hold" else "debit"
-                spec = ChargeSpec(
-                    kind, amount, hold_timeout=self._hold_timeout, layer="request", route=route
-                )
-            op = self.ledger.begin_request(
-                aid,
-                key,
-                bill.buffered.fingerprint,
-                owner=cid,
-                charge=spec,
-                lease=bill.lease,
-                ttl=self._idempotency_ttl,
-            )
-
-            def resolve(reverse: bool) -> Awaitable[RequestStart | None]:
-                return self.ledger.resolve_request(
-                    aid, key, owner=cid, reverse=reverse, reason="unknown outcome"
-                )
-
-            bill.started(await self.outcomes.charge(aid, cid, op, resolve))
-            return
-        if bill.kind == "hold":
-            charge = self.ledger.hold(
-                aid, amount, timeout=self._hold_timeout, key=cid, layer="request", route=route
-            )
-        else:
-            charge = self.ledger.debit(aid, amount, key=cid, layer="request", route=route)
-
-        def resolve_charge(reverse: bool) -> Awaitable[Receipt | None]:
-            return self.ledger.resolve_charge(aid, cid, reverse=reverse, reason="unknown outcome")
-
-        bill.receipt = await self.outcomes.charge(aid, cid, charge, resolve_charge)
-
     async def call(self, op: Awaitable[T]) -> T:
         """Run one backend call under the middleware's timeout."""
         try:
@@ -438,17 +370,17 @@ class CreditMiddleware:
         except asyncio.TimeoutError:
             raise BackendUnavailable("database", f"no answer within {self._timeout}s") from None
 
-    def _ledger_fault(self, exc: BackendUnavailable) -> None:
-        if not self._db_degraded:
-            self._db_degraded = True
-            log.warning("billing degraded, database unavailable: %s", exc.detail)
-            self.observer.degraded("database", True)
-
-    def _ledger_ok(self) -> None:
-        if self._db_degraded:
-            self._db_degraded = False
+    def _ledger_health(self, down: BackendUnavailable | None) -> None:
+        """Log and tell the observer once when billing degrades (the database unreachable)
+        and once when it recovers."""
+        if (down is not None) == self._db_degraded:
+            return
+        self._db_degraded = down is not None
+        if down is not None:
+            log.warning("billing degraded, database unavailable: %s", down.detail)
+        else:
             log.warning("billing recovered, database reachable again")
-            self.observer.degraded("database", False)
+        self.observer.degraded("database", self._db_degraded)
 
     async def _insufficient(self, exc: InsufficientCredits, bill: _Bill) -> ProblemResponse:
         denied = None
@@ -465,11 +397,3 @@ class CreditMiddleware:
             headers=bill.headers,
             balance_header=self._balance_header,
         )
-
-
-def _preflight(scope: Scope) -> bool:
-    """A CORS preflight: ``OPTIONS`` with ``Origin`` and ``Access-Control-Request-Method``."""
-    if scope["type"] != "http" or scope.get("method") != "OPTIONS":
-        return False
-    names = {name for name, _ in scope.get("headers", ())}
-    return b"origin" in names and b"access-control-request-method" in names

@@ -21,7 +21,7 @@ from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["RUNS_AFTER", "Door", "innermost", "place_inside"]
+__all__ = ["RUNS_AFTER", "Door", "innermost", "place_inside", "preflight"]
 
 log = logging.getLogger("credit_middleware.middleware")
 
@@ -69,3 +69,11 @@ def place_inside(host: Any, work: ASGIApp) -> Door:
         type(host).__name__,
     )
     return door
+
+
+def preflight(scope: Scope) -> bool:
+    """A CORS preflight: ``OPTIONS`` with ``Origin`` and ``Access-Control-Request-Method``."""
+    if scope["type"] != "http" or scope.get("method") != "OPTIONS":
+        return False
+    names = {name for name, _ in scope.get("headers", ())}
+    return b"origin" in names and b"access-control-request-method" in names

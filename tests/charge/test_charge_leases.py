@@ -19,8 +19,8 @@ from starlette.routing import Route
 from credit_middleware import ConfigurationError, Credits, Ledger, Provisioner
 from credit_middleware.charge.replay import read_request
 from credit_middleware.errors import BackendUnavailable
-from credit_middleware.ledger import ChargeSpec
 from credit_middleware.http.middleware import FINAL_COST_STATE, CreditMiddleware
+from credit_middleware.ledger import ChargeSpec
 from credit_middleware.pricing import Pricing
 from credit_middleware.pricing import Route as Priced
 

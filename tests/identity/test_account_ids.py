@@ -19,11 +19,11 @@ from starlette.requests import HTTPConnection
 
 from credit_middleware import Identity, Ledger, Provisioner
 from credit_middleware.admin import admin_app
-from credit_middleware.ops.cli import main as cli
 from credit_middleware.errors import InvalidAccountId
-from credit_middleware.trials.webhook import WebhookReceiver, sign
 from credit_middleware.money import check_account_id
+from credit_middleware.ops.cli import main as cli
 from credit_middleware.trials.signup import provision_credits
+from credit_middleware.trials.webhook import WebhookReceiver, sign
 
 pytestmark = pytest.mark.anyio
 

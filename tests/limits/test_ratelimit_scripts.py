@@ -32,8 +32,8 @@ from limits import parse_many
 from limits.aio import strategies as lstrategies
 from limits.aio.storage.redis import redispy
 
-from credit_middleware.limits.redis_scripts import RedisCounter
 from credit_middleware._redis import limits_storage
+from credit_middleware.limits.redis_scripts import RedisCounter
 
 pytestmark = pytest.mark.redis
 

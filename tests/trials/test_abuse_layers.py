@@ -19,8 +19,8 @@ from starlette.routing import Route
 
 from credit_middleware import Identity, Ledger, Provisioner, TrialPolicy
 from credit_middleware.trials.abuse import IP_TRIAL_LIMIT, TrialIpCap
-from credit_middleware.trials.webhook import WebhookReceiver, sign
 from credit_middleware.trials.signup import provision_credits
+from credit_middleware.trials.webhook import WebhookReceiver, sign
 
 pytestmark = pytest.mark.anyio
 

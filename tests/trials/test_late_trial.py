@@ -12,8 +12,8 @@ import pytest
 from _middleware_helpers import Recorder, balance, bearer, build_app, client
 
 from credit_middleware import Identity, Ledger, Provisioner, TrialPolicy
-from credit_middleware.trials.abuse import IP_TRIAL_LIMIT
 from credit_middleware.events import Observer
+from credit_middleware.trials.abuse import IP_TRIAL_LIMIT
 
 pytestmark = pytest.mark.anyio
 
