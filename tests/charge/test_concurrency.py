@@ -177,7 +177,8 @@ async def test_redis_lock_excludes_and_expires(redis_client: Any) -> None:
     stolen_cm = other.acquire("k")
     async with locks.acquire("k") as again:
         assert again  # the first was released
-        await asyncio.sleep(0.4)  # our ttl passes: the lock expires under us
+        assert 0 < await redis_client.pttl(key) <= 300  # it would expire after our ttl...
+        await redis_client.delete(key)  # ...as it does here: the lock is gone under us
         assert await stolen_cm.__aenter__() is True  # someone else takes it
         token = await redis_client.get(key)
     # leaving our block must not delete the other holder's lock (compare-and-delete)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -10,6 +9,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -20,6 +20,7 @@ from _middleware_helpers import SECRET, balance, client, echo, token
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+import credit_middleware.identity.jwt as jwt_module
 from credit_middleware import BackendUnavailable, ConfigurationError, Ledger
 from credit_middleware.identity import (
     ChainResolver,
@@ -228,13 +229,47 @@ async def test_header_and_scope_user_resolvers() -> None:
     assert await chain.resolve(scope()) is None
 
 
-async def test_verified_tokens_are_cached_but_expiry_still_holds() -> None:
+class _Later:
+    """A clock a hand-moved ``offset`` ahead, standing in for ``time`` in the resolver and for
+    ``datetime`` where PyJWT checks ``exp``."""
+
+    offset = 0.0
+
+    def time(self) -> float:
+        return time.time() + self.offset
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset
+
+    def datetime(self) -> type[datetime]:
+        clock = self
+
+        class Later(datetime):
+            @classmethod
+            def now(cls, tz: Any = None) -> Any:
+                return datetime.fromtimestamp(clock.time(), tz)
+
+            @classmethod
+            def utcnow(cls) -> Any:
+                return datetime.fromtimestamp(clock.time(), timezone.utc).replace(tzinfo=None)
+
+        return Later
+
+
+async def test_verified_tokens_are_cached_but_expiry_still_holds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import jwt.api_jwt
+
+    later = _Later()
+    monkeypatch.setattr(jwt_module, "time", later)
+    monkeypatch.setattr(jwt.api_jwt, "datetime", later.datetime())
     resolver = JWTResolver(secret=SECRET, cache_size=2)
     short = jwt.encode({"sub": "dan", "exp": int(time.time()) + 1}, SECRET, algorithm="HS256")
     assert (await resolver.decode(short))["sub"] == "dan"
     assert short in resolver._verified  # served from memory next time
     assert (await resolver.decode(short))["sub"] == "dan"
-    await asyncio.sleep(1.2)  # past exp: the cached entry is gone, the token checked again
+    later.offset = 1.2  # past exp: the cached entry is gone, the token checked again
     with pytest.raises(InvalidCredentials, match="expired"):
         await resolver.decode(short)
     assert short not in resolver._verified

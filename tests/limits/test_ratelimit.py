@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
+import time
 from typing import Any
 
 import pytest
 
+import credit_middleware.limits.memory as memory_module
+import credit_middleware.limits.ratelimit as ratelimit_module
 from credit_middleware import ConfigurationError
 from credit_middleware.limits.ratelimit import (
     LimitState,
@@ -146,7 +148,26 @@ async def test_a_retry_storm_does_not_drain_the_daily_budget(
     assert (day.name, day.remaining) == ("100-per-day", 96)
 
 
-async def test_a_remembered_refusal_counts_down_and_ends() -> None:
+class _Time:
+    """Stands in for the ``time`` module where the memory limits read it: a hand-moved clock
+    (wall and monotonic time move together)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def time(self) -> float:
+        return time.time() + self.offset
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset
+
+
+async def test_a_remembered_refusal_counts_down_and_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    import limits.storage.memory
+
+    clock = _Time()
+    for module in (limits.storage.memory, memory_module, ratelimit_module):
+        monkeypatch.setattr(module, "time", clock)
     limiter = RateLimiter(tiers={"trial": "2/second;50/day"})
     assert [(await limiter.hit("a", "trial")).allowed for _ in range(2)] == [True, True]
     first = await limiter.hit("a", "trial")
@@ -156,7 +177,7 @@ async def test_a_remembered_refusal_counts_down_and_ends() -> None:
     assert [s.name for s in again.states] == ["2-per-second", "50-per-day"]  # headers stay full
     assert again.states[1].reset <= first.states[1].reset
     assert (await limiter.hit("b", "trial")).allowed  # other accounts are not affected
-    await asyncio.sleep(1.05)  # the second-long window has passed: counted again, allowed
+    clock.offset += 1.05  # the second-long window has passed: counted again, allowed
     ok = await limiter.hit("a", "trial")
     assert ok.allowed and ok.states[1].remaining == 50 - 3  # the refused call spent nothing
 
