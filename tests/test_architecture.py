@@ -19,7 +19,10 @@ MAX_LINES = 400
 #: above. The first pattern that matches a module's name (relative to the package) decides its
 #: layer; a pattern ending in "." is a folder.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("foundations", ("_aio", "_redis", "_version", "errors", "events", "money", "problems")),
+    (
+        "foundations",
+        ("_aio", "_extras", "_redis", "_version", "errors", "events", "money", "problems"),
+    ),
     ("ledger", ("ledger", "ledger.")),
     ("request parts", ("identity.", "identity", "limits.", "limits", "pricing.", "pricing")),
     ("operations", ("ops.", "ops")),

@@ -26,6 +26,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from .._aio import retrieve
 from ..errors import BackendUnavailable, CreditError
 from ..events import Observer
 from ..ledger import Ledger
@@ -48,11 +49,6 @@ async def _wait(task: asyncio.Future[Any], seconds: float) -> bool:
     """Whether ``task`` finished within ``seconds`` (it is left running either way)."""
     done, _ = await asyncio.wait((task,), timeout=seconds)
     return bool(done)
-
-
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()  # an abandoned operation's error is expected: don't log it as lost
 
 
 class Outcomes:
@@ -135,7 +131,7 @@ class Outcomes:
         it is retried in the background until it lands. Returns ``(its result,)``, or None
         when it was deferred; raises its refusal."""
         task = self._start(op())
-        task.add_done_callback(_retrieve)
+        task.add_done_callback(retrieve)
         try:
             result = await self._result(task)
         except BackendUnavailable:
@@ -170,7 +166,7 @@ class Outcomes:
 
     async def _resolve(self, resolve: Resolve[T]) -> T | None:
         task = self._start(resolve(False))
-        task.add_done_callback(_retrieve)
+        task.add_done_callback(retrieve)
         result = await self._result(task)
         if result is None:
             raise BackendUnavailable("database", "the charge's outcome could not be settled")
@@ -182,7 +178,7 @@ class Outcomes:
         self, charge_key: str, task: asyncio.Future[Any], resolve: Resolve[Any], reason: str
     ) -> None:
         """Reverse the charge if it applied, fence it if not, once ``task`` is over."""
-        task.add_done_callback(_retrieve)
+        task.add_done_callback(retrieve)
 
         async def reverse() -> object:
             if not task.done():

@@ -15,6 +15,7 @@ from typing import Any
 
 from starlette.types import Scope
 
+from .._extras import optional
 from ..errors import BackendUnavailable, ConfigurationError
 from .resolvers import Identity, InvalidCredentials, _make_identity, header
 
@@ -25,11 +26,7 @@ _ASYMMETRIC = ("RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "ES512", "E
 
 
 def _jwt() -> Any:
-    try:
-        import jwt
-    except ImportError:  # pragma: no cover - depends on the installed extras
-        raise ConfigurationError("JWT needs PyJWT: pip install 'credit-middleware[jwt]'") from None
-    return jwt
+    return optional("jwt", "JWT needs PyJWT", "jwt")
 
 
 class JWTResolver:

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+from .._extras import optional
 from ..errors import ConfigurationError
 from ..events import Observer
 
@@ -44,13 +45,7 @@ def _bounded(value: object) -> str:
 
 
 def _prometheus() -> Any:
-    try:
-        import prometheus_client
-    except ImportError:  # pragma: no cover - depends on the installed extras
-        raise ConfigurationError(
-            "metrics need prometheus-client: pip install 'credit-middleware[prometheus]'"
-        ) from None
-    return prometheus_client
+    return optional("prometheus_client", "metrics need prometheus-client", "prometheus")
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from limits.aio.strategies import (
 )
 from limits.storage import storage_from_string
 
+from .._extras import optional
 from .._redis import limits_storage
 from ..errors import ConfigurationError
 from ..events import NULL_OBSERVER, Observer
@@ -63,12 +64,7 @@ def _storage(spec: Any, key_prefix: str) -> Storage:
         return storage
     url = spec if spec.startswith("async+") else "async+" + spec
     if url.startswith(("async+redis", "async+rediss")):
-        try:
-            import redis  # noqa: F401
-        except ImportError:  # pragma: no cover - depends on the installed extras
-            raise ConfigurationError(
-                "a Redis trial cap needs redis-py: pip install 'credit-middleware[redis]'"
-            ) from None
+        optional("redis", "a Redis trial cap needs redis-py", "redis")
         options["implementation"] = "redispy"
         options["key_prefix"] = key_prefix
     try:

@@ -15,6 +15,7 @@ from decimal import Decimal
 from types import ModuleType
 from typing import Any
 
+from ..._extras import optional
 from ...errors import ConfigurationError, CreditError
 
 __all__ = ["Pricer", "UnknownModelPrice", "load_litellm", "usd"]
@@ -23,13 +24,7 @@ __all__ = ["Pricer", "UnknownModelPrice", "load_litellm", "usd"]
 def load_litellm() -> ModuleType:
     """Import LiteLLM on first use, with its bundled price map (no download at import)."""
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    try:
-        import litellm
-    except ImportError:  # pragma: no cover - depends on the installed extras
-        raise ConfigurationError(
-            "the LiteLLM integration needs litellm: pip install 'credit-middleware[litellm]'"
-        ) from None
-    return litellm
+    return optional("litellm", "the LiteLLM integration needs litellm", "litellm")
 
 
 class UnknownModelPrice(CreditError):
