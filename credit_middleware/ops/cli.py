@@ -24,6 +24,7 @@ from ..ledger import Ledger, Receipt, TierChange
 from ..limits.ratelimit import TIER_TTL
 from . import audit as _cli_audit
 from .db import check_schema, database_url
+from .report import balance_json, build_report, render_text
 
 _PAGE = 1000  # the ledger's largest page; --limit beyond it pages through
 _DURATION = re.compile(r"^(\d{1,6})([smhdw])$")
@@ -99,25 +100,8 @@ async def _migrate(ledger: Ledger, args: argparse.Namespace) -> int:
 
 async def _balance(ledger: Ledger, args: argparse.Namespace) -> int:
     bal = await ledger.balance(args.account)
-    grants = [
-        {
-            "grant_id": g.grant_id,
-            "source": g.source,
-            "amount": str(g.amount),
-            "remaining": str(g.remaining),
-            "priority": g.priority,
-            "expires_at": g.expires_at.isoformat() if g.expires_at else None,
-        }
-        for g in bal.grants
-    ]
-    data = {
-        "account_id": bal.account_id,
-        "tier": bal.tier,
-        "spendable": str(bal.spendable),
-        "held": str(bal.held),
-        "available": str(bal.available),
-        "grants": grants,
-    }
+    data = balance_json(bal, priority=True)
+    grants = data["grants"]
     lines = [
         f"{bal.account_id} ({bal.tier}): available {bal.available}"
         f" (spendable {bal.spendable}, held {bal.held})"
@@ -228,8 +212,6 @@ async def _purge(ledger: Ledger, args: argparse.Namespace) -> int:
 
 
 async def _report(ledger: Ledger, args: argparse.Namespace) -> int:
-    from .report import build_report, render_text
-
     report = await build_report(ledger, since=args.since, until=args.until, top=args.top)
     print(report.to_json_text() if args.json else render_text(report))
     return 0

@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from ..ledger import Ledger
+from ..ledger import Balance, Ledger
 from ..ledger.models import dt_to_us
 from ..money import from_micros
 
-__all__ = ["CohortStats", "Report", "build_report", "render_text"]
+__all__ = ["CohortStats", "Report", "balance_json", "build_report", "render_text"]
 
 EAGER_LAYERS = ("signup", "webhook")
 FALLBACK_LAYERS = ("request", "litellm")
@@ -259,3 +259,28 @@ def render_text(report: Report) -> str:
                 f" {c['exhausted_share']:>10} {c['purchased_share']:>8}"
             )
     return "\n".join(out) + "\n"
+
+
+def balance_json(bal: Balance, *, priority: bool = False) -> dict[str, Any]:
+    """An account's balance and its grants as JSON (amounts as exact decimal strings), as the
+    CLI and the admin API show it (the CLI with each grant's priority)."""
+    grants = []
+    for g in bal.grants:
+        grant: dict[str, Any] = {
+            "grant_id": g.grant_id,
+            "source": g.source,
+            "amount": str(g.amount),
+            "remaining": str(g.remaining),
+        }
+        if priority:
+            grant["priority"] = g.priority
+        grant["expires_at"] = g.expires_at.isoformat() if g.expires_at else None
+        grants.append(grant)
+    return {
+        "account_id": bal.account_id,
+        "tier": bal.tier,
+        "spendable": str(bal.spendable),
+        "held": str(bal.held),
+        "available": str(bal.available),
+        "grants": grants,
+    }
