@@ -93,7 +93,7 @@ class CreditMiddleware:
                 f"credits= is already configured: give {sorted(options)} to Credits(...)"
             )
         # Our work comes after the app's CORS and authentication middleware (and those named
-        # in ``after``) even when the one line added us outside them: see _placement.
+        # in ``after``) even when the one line added us outside them: see placement.py.
         self.app = app
         self._entry: ASGIApp = self._meter
         host = innermost(app, (*RUNS_AFTER, *after))

@@ -10,7 +10,7 @@ calls, the same formulas for remaining and reset) but without a coroutine per ca
 limit's key built once per request instead of once per call, and the figures after a hit
 derived from the ones read before it. Like the Redis scripts, a request is counted only if
 every one of its limits has room; nothing here awaits, so no other request interleaves between
-the check and the count. ``tests/test_ratelimit_memory.py`` compares it with `limits`' own
+the check and the count. ``tests/limits/test_ratelimit_memory.py`` compares it with `limits`' own
 strategies on the same random sequences.
 """
 

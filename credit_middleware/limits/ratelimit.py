@@ -1,8 +1,8 @@
 """Rate limits per account and tier with ``limits``' strategies, and their IETF header fields.
 
-Memory storage by default (`limits`' own, :mod:`._ratelimit_memory`); Redis (redis-py, the
+Memory storage by default (`limits`' own, :mod:`.memory`); Redis (redis-py, the
 client the provisioning lock uses too) when a client is given, all of a request's limits and
-its header figures in one atomic script call (:mod:`._ratelimit_redis`). When Redis fails or
+its header figures in one atomic script call (:mod:`.redis_scripts`). When Redis fails or
 times out, ``on_redis_error`` decides: ``"local"`` counts in this process until Redis is back
 (logged once per transition), ``"refuse"`` raises :class:`BackendUnavailable` (the middleware
 answers 503).
@@ -95,8 +95,8 @@ class RateLimiter:
     """Counts requests per account against its tier's limits (or a route's own limits).
 
     A request is counted only if every one of its limits has room (a refused call spends no
-    slot of the others), in one Redis round trip per request (:mod:`._ratelimit_redis`) or in
-    this process (:mod:`._ratelimit_memory`). Every Redis call is bounded by ``timeout``; after
+    slot of the others), in one Redis round trip per request (:mod:`.redis_scripts`) or in
+    this process (:mod:`.memory`). Every Redis call is bounded by ``timeout``; after
     a failure Redis is tried again only every ``recheck`` seconds, so an outage costs one
     failed attempt, not one per request.
     """

@@ -7,8 +7,8 @@ strategy takes every limit of the request, counts the request only if **every** 
 come from; :class:`RedisCounter` turns that state into remaining/reset with the formulas of
 `limits`' own strategies (``get_window_stats``). The data kept under the keys is `limits`' own
 (a newest-first list of timestamps; a counter with a TTL; a current and a previous counter), and
-``tests/test_ratelimit_scripts.py`` runs the same random hit sequences through these scripts and
-through `limits`' Redis strategies and compares the answers.
+``tests/limits/test_ratelimit_scripts.py`` runs the same random hit sequences through these
+scripts and through `limits`' Redis strategies and compares the answers.
 
 Every key of one request shares the hash tag ``{<strategy>/<account>}``: one Redis Cluster slot,
 so the script runs on one node. Scripts go by EVALSHA on the app's shared client; where Redis

@@ -1,5 +1,5 @@
 """What a request costs: exempt, a fixed price, a computed price, held then captured, or billed
-by the handler itself (the declarations are in :mod:`._declare`). Patterns are compiled once;
+by the handler itself (the declarations are in :mod:`.declare`). Patterns are compiled once;
 the first matching route wins, after a price declared on the endpoint the router will call.
 
 ``Pricing(meter="/v1/*")`` meters only the paths it names (plus priced ``routes`` and routes
