@@ -206,7 +206,7 @@ async def test_database_recovers_after_outage(ledger: Ledger, ledger_url: str) -
 
 async def test_redis_limiter_survives_outage_with_local_counting() -> None:
     rec = Recorder()
-    from credit_middleware._redis import redis_from_url
+    from credit_middleware import redis_from_url
 
     dead = redis_from_url("redis://127.0.0.1:1/0", timeout=0.2)
     limiter = RateLimiter(tiers={"trial": "2/minute"}, redis=dead, observer=rec)

@@ -22,8 +22,7 @@ from _middleware_helpers import (
     trial_grants,
 )
 
-from credit_middleware import Ledger, Provisioner, RedisLocks
-from credit_middleware._redis import redis_from_url
+from credit_middleware import Ledger, Provisioner, RedisLocks, redis_from_url
 from credit_middleware.limits.ratelimit import RateLimiter
 
 pytestmark = pytest.mark.anyio

@@ -92,8 +92,7 @@ async def test_two_limiters_share_one_redis_budget(redis_client: Any, strategy: 
 
 
 async def test_redis_refuse_policy_raises_backend_unavailable() -> None:
-    from credit_middleware import BackendUnavailable
-    from credit_middleware._redis import redis_from_url
+    from credit_middleware import BackendUnavailable, redis_from_url
 
     dead = redis_from_url("redis://127.0.0.1:1/0", timeout=0.2)
     limiter = RateLimiter(redis=dead, on_redis_error="refuse")
@@ -106,7 +105,7 @@ async def test_redis_refuse_policy_raises_backend_unavailable() -> None:
 
 
 def test_redis_url_scheme_is_checked() -> None:
-    from credit_middleware._redis import redis_from_url
+    from credit_middleware import redis_from_url
 
     with pytest.raises(ConfigurationError):
         redis_from_url("http://127.0.0.1:6379")

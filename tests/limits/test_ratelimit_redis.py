@@ -116,7 +116,7 @@ async def test_our_clients_commands_run_in_the_callers_task(redis_client: object
     3.11); the client made from a URL bounds it in the caller's task."""
     import asyncio
 
-    from credit_middleware._redis import redis_from_url
+    from credit_middleware import redis_from_url
 
     loop = asyncio.get_running_loop()
     made: list[object] = []
@@ -154,7 +154,7 @@ async def test_a_write_to_a_stopped_redis_times_out_and_disconnects(private_redi
 
     from redis.exceptions import TimeoutError as RedisTimeout
 
-    from credit_middleware._redis import redis_from_url
+    from credit_middleware import redis_from_url
 
     client = redis_from_url(f"redis://127.0.0.1:{private_redis}/0", timeout=0.3)
     try:
