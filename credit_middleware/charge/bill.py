@@ -29,6 +29,8 @@ from ..pricing.priced import Price
 from .replay import BufferedRequest, Recorder, send_replay
 from .settlement import Settlement
 
+__all__ = ["CHARGE_ID_HEADER", "FINAL_COST_STATE", "Bill"]
+
 log = logging.getLogger("credit_middleware.middleware")
 
 FINAL_COST_STATE = "credit_final_cost"
@@ -37,7 +39,10 @@ _CHARGE_ID = CHARGE_ID_HEADER.lower().encode("latin-1")
 _COST = b"credit-cost"
 
 
-class _Bill:
+class Bill:
+    """One admitted request's charge: who, at what price, what the ledger answered, and what
+    is still to settle once the app answered."""
+
     def __init__(self, identity: Identity, price: Price, owner: str, path: str = "") -> None:
         self.identity = identity
         self.price = price

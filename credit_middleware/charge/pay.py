@@ -9,13 +9,13 @@ from typing import Literal
 
 from ..ledger import ChargeSpec, Receipt, RequestStart
 from ..money import from_micros
-from .bill import _Bill
+from .bill import Bill
 from .settlement import Settlement
 
 __all__ = ["pay"]
 
 
-async def pay(s: Settlement, aid: str, bill: _Bill) -> None:
+async def pay(s: Settlement, aid: str, bill: Bill) -> None:
     """Charge the bill under its charge id (claiming its idempotency key with it)."""
     amount = from_micros(bill.micros)
     route = bill.route

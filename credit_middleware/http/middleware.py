@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._aio import bounded
-from ..charge.bill import CHARGE_ID_HEADER, FINAL_COST_STATE, _Bill
+from ..charge.bill import CHARGE_ID_HEADER, FINAL_COST_STATE, Bill
 from ..charge.keepalive import KeepAlive
 from ..charge.outcomes import Outcomes
 from ..charge.pay import pay
@@ -232,7 +232,7 @@ class CreditMiddleware:
 
     # ------------------------------------------------------------------ admission
 
-    async def _admit(self, scope: Scope, receive: Receive, price: Price, charge_id: str) -> _Bill:
+    async def _admit(self, scope: Scope, receive: Receive, price: Price, charge_id: str) -> Bill:
         try:
             identity = await self.resolver.resolve(scope)
         except InvalidCredentials as exc:
@@ -249,7 +249,7 @@ class CreditMiddleware:
         identity = identity.seen_from(self.proxies.client_ip(scope))
         key = client_key(scope) if scope["type"] == "http" else None  # no replays of a socket
         aid = identity.account_id
-        bill = _Bill(identity, price, charge_id, scope.get("path", ""))
+        bill = Bill(identity, price, charge_id, scope.get("path", ""))
         try:
             await self._migrate()
             bill.tier = await self._tier_of(identity)
@@ -327,7 +327,7 @@ class CreditMiddleware:
         if len(self._tiers) > 10_000:
             self._tiers.popitem(last=False)
 
-    async def _charge(self, identity: Identity, bill: _Bill) -> None:
+    async def _charge(self, identity: Identity, bill: Bill) -> None:
         for attempt in (1, 2):
             try:
                 await pay(self.settlement, identity.account_id, bill)
@@ -382,7 +382,7 @@ class CreditMiddleware:
             log.warning("billing recovered, database reachable again")
         self.observer.degraded("database", self._db_degraded)
 
-    async def _insufficient(self, exc: InsufficientCredits, bill: _Bill) -> ProblemResponse:
+    async def _insufficient(self, exc: InsufficientCredits, bill: Bill) -> ProblemResponse:
         denied = None
         try:
             account = await self.call(self.ledger.get_account(exc.account_id))

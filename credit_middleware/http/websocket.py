@@ -19,7 +19,7 @@ from typing import Any
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..charge.bill import CHARGE_ID_HEADER, _Bill
+from ..charge.bill import CHARGE_ID_HEADER, Bill
 from ..charge.settlement import Settlement
 from ..errors import CreditError
 from ..money import from_micros
@@ -50,7 +50,7 @@ async def answer(response: Response, scope: Scope, receive: Receive, send: Send)
 
 
 async def serve(
-    mw: Settlement, app: ASGIApp, bill: _Bill, scope: Scope, receive: Receive, send: Send
+    mw: Settlement, app: ASGIApp, bill: Bill, scope: Scope, receive: Receive, send: Send
 ) -> None:
     """Run the app on an admitted connection; refund its charge if the app never accepts it."""
     state = bill.expose(scope)
@@ -72,7 +72,7 @@ async def serve(
 
 
 def _headers(
-    state: MutableMapping[str, Any], bill: _Bill, mw: Settlement
+    state: MutableMapping[str, Any], bill: Bill, mw: Settlement
 ) -> list[tuple[bytes, bytes]]:
     ours = [(name.lower().encode("latin-1"), value.encode("latin-1"))
             for name, value in bill.headers]  # fmt: skip
@@ -83,7 +83,7 @@ def _headers(
     return ours
 
 
-async def _refund(mw: Settlement, bill: _Bill, state: MutableMapping[str, Any]) -> None:
+async def _refund(mw: Settlement, bill: Bill, state: MutableMapping[str, Any]) -> None:
     receipt = bill.receipt
     if receipt is None or receipt.replayed:
         return
