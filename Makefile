@@ -143,8 +143,8 @@ simulate: $(STAMP)
 # lowest releases pyproject.toml claims: Starlette, FastAPI, limits and the drivers at their
 # lower bounds (.ci/lowest.py), the rest as constraints.txt pins it, in a venv of its own.
 DEPS_LOWEST_VENV := .venv-lowest
-DEPS_LOWEST_TESTS := tests/conformance tests/test_routing.py tests/test_placement.py tests/test_websocket.py \
-	tests/test_ratelimit.py tests/test_ratelimit_memory.py
+DEPS_LOWEST_TESTS := tests/conformance tests/pricing/test_routing.py tests/http/test_placement.py tests/http/test_websocket.py \
+	tests/limits/test_ratelimit.py tests/limits/test_ratelimit_memory.py
 
 $(DEPS_LOWEST_VENV)/.installed: pyproject.toml constraints.txt .ci/lowest.py
 	rm -rf $(DEPS_LOWEST_VENV)

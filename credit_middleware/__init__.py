@@ -8,7 +8,7 @@ import logging
 # were public before) but live in their modules (credit_middleware.locks, ...).
 from ._redis import close_redis as close_redis
 from ._redis import redis_from_url as redis_from_url
-from .abuse import IP_TRIAL_LIMIT, TrialIpCap
+from ._version import __version__ as __version__
 from .credits import Credits
 from .errors import (
     AccountNotFound,
@@ -25,30 +25,29 @@ from .errors import (
     RateLimited,
 )
 from .events import Observer
-from .identity import ApiKeyResolver as ApiKeyResolver
-from .identity import ChainResolver as ChainResolver
-from .identity import HeaderResolver as HeaderResolver
-from .identity import Identity, InvalidCredentials
-from .identity import ScopeUserResolver as ScopeUserResolver
-from .identity import TrustedProxies as TrustedProxies
-from .jwt_auth import JWTResolver
+from .http.middleware import FINAL_COST_STATE, CreditMiddleware
+from .identity.jwt import JWTResolver
+from .identity.resolvers import ApiKeyResolver as ApiKeyResolver
+from .identity.resolvers import ChainResolver as ChainResolver
+from .identity.resolvers import HeaderResolver as HeaderResolver
+from .identity.resolvers import Identity, InvalidCredentials
+from .identity.resolvers import ScopeUserResolver as ScopeUserResolver
+from .identity.resolvers import TrustedProxies as TrustedProxies
 from .ledger import Account, Balance, Entry, Grant, Hold, Ledger, Receipt, VerifyReport
-from .locks import LocalLocks as LocalLocks
-from .locks import RedisLocks as RedisLocks
-from .middleware import FINAL_COST_STATE, CreditMiddleware
-from .policy import TrialDecision as TrialDecision
-from .policy import TrialPolicy
-from .pricing import DEFAULT_EXEMPT, PricedRoute, Pricing, priced
-from .provisioning import Provisioner, ProvisionResult
-from .ratelimit import RateLimiter as RateLimiter
-from .report import Report as Report
-from .report import build_report as build_report
-from .report import render_text as render_text
-from .signup import SignupProvisioning as SignupProvisioning
-from .signup import provision as provision
-from .signup import provision_credits
-
-__version__ = "0.1.0"
+from .limits.ratelimit import RateLimiter as RateLimiter
+from .ops.report import Report as Report
+from .ops.report import build_report as build_report
+from .ops.report import render_text as render_text
+from .pricing.priced import DEFAULT_EXEMPT, PricedRoute, Pricing, priced
+from .trials.abuse import IP_TRIAL_LIMIT, TrialIpCap
+from .trials.locks import LocalLocks as LocalLocks
+from .trials.locks import RedisLocks as RedisLocks
+from .trials.policy import TrialDecision as TrialDecision
+from .trials.policy import TrialPolicy
+from .trials.provisioning import Provisioner, ProvisionResult
+from .trials.signup import SignupProvisioning as SignupProvisioning
+from .trials.signup import provision as provision
+from .trials.signup import provision_credits
 
 # Silent unless the application configures logging; account ids are logged only at DEBUG.
 logging.getLogger("credit_middleware").addHandler(logging.NullHandler())

@@ -8,8 +8,8 @@ from typing import Any
 
 from .errors import ConfigurationError
 from .ledger import Ledger
-from .policy import TrialPolicy
-from .provisioning import Provisioner
+from .trials.policy import TrialPolicy
+from .trials.provisioning import Provisioner
 
 __all__ = ["check_objects", "conflict", "positive"]
 

@@ -13,7 +13,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from .errors import ConfigurationError
-from .policy import TrialPolicy
+from .trials.policy import TrialPolicy
 
 __all__ = ["VARIABLES", "from_env"]
 

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from ._aio import bounded
+from ._extras import optional
 from .errors import ConfigurationError
 
 __all__ = ["close_redis", "is_cluster", "limits_storage", "redis_from_url"]
@@ -27,13 +28,7 @@ SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "rediss
 
 
 def _redis() -> Any:
-    try:
-        import redis.asyncio as redis
-    except ImportError:  # pragma: no cover - depends on the installed extras
-        raise ConfigurationError(
-            "Redis needs redis-py: pip install 'credit-middleware[redis]'"
-        ) from None
-    return redis
+    return optional("redis.asyncio", "Redis needs redis-py", "redis")
 
 
 def redis_from_url(url: str, *, timeout: float = 0.5, max_connections: int = 100) -> Any:

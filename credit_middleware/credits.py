@@ -25,18 +25,18 @@ from typing import Any, Literal
 
 from ._checks import check_objects, conflict, positive
 from ._env import from_env
-from ._maintenance import Maintenance
 from ._redis import close_redis, redis_from_url
 from .errors import BackendUnavailable, ConfigurationError
 from .events import Observer, guarded
 from .identity import ApiKeyLookup, Identity, IdentityResolver, TrustedProxies, default_resolver
 from .ledger import Ledger
-from .locks import LocalLocks, ProvisionLocks, RedisLocks
-from .policy import TrialPolicy
-from .pricing import EXEMPT_ATTRIBUTE, Pricing
-from .provisioning import Provisioner, ProvisionResult
-from .ratelimit import DEFAULT_TIERS, RateLimiter, Strategy
-from .signup import SignupProvisioning, identity_for
+from .limits.ratelimit import DEFAULT_TIERS, RateLimiter, Strategy
+from .ops.maintenance import Maintenance
+from .pricing.priced import EXEMPT_ATTRIBUTE, Pricing
+from .trials.locks import LocalLocks, ProvisionLocks, RedisLocks
+from .trials.policy import TrialPolicy
+from .trials.provisioning import Provisioner, ProvisionResult
+from .trials.signup import SignupProvisioning, identity_for
 
 __all__ = ["DEFAULT_LIMITS", "Credits"]
 
@@ -374,12 +374,12 @@ class Credits:
 
     def proxy_hook(self, **options: Any) -> Any:
         """A LiteLLM proxy callback (``CreditProxyHook``) on this configuration."""
-        from .integrations.litellm_proxy import CreditProxyHook
+        from .integrations.litellm.proxy import CreditProxyHook
 
         return CreditProxyHook(self.provisioner, **options)
 
     def llm(self, **options: Any) -> Any:
         """A ``CreditedLLM`` (the failsafe layer for LLM calls) on this configuration."""
-        from .integrations.litellm import CreditedLLM
+        from .integrations.litellm.llm import CreditedLLM
 
         return CreditedLLM(self.provisioner, **options)

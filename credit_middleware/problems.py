@@ -13,7 +13,6 @@ from typing import Any
 from starlette.responses import Response
 
 from .errors import InsufficientCredits
-from .ratelimit import Verdict
 
 __all__ = [
     "PROBLEM_TYPES",
@@ -23,7 +22,6 @@ __all__ = [
     "ledger_down",
     "openapi_responses",
     "problem",
-    "rate_limited",
     "retry_after",
 ]
 
@@ -96,21 +94,6 @@ def ledger_down() -> ProblemResponse:
         "the credit ledger is unavailable; retry later",
         headers=retry_after(LEDGER_RETRY_AFTER),
         retry_after=LEDGER_RETRY_AFTER,
-    )
-
-
-def rate_limited(
-    verdict: Verdict, tier: str, headers: Iterable[tuple[str, str]]
-) -> ProblemResponse:
-    hdrs = dict(headers)
-    hdrs["Retry-After"] = str(verdict.retry_after)
-    return problem(
-        "rate-limited",
-        f"rate limit {verdict.exceeded} exceeded for tier {tier}",
-        headers=hdrs,
-        tier=tier,
-        limit=verdict.exceeded,
-        retry_after=verdict.retry_after,
     )
 
 

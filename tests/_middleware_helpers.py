@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from credit_middleware import Ledger
 from credit_middleware.events import Observer
-from credit_middleware.middleware import FINAL_COST_STATE, CreditMiddleware
+from credit_middleware.http.middleware import FINAL_COST_STATE, CreditMiddleware
 
 SECRET = "test-secret-0123456789abcdef-0123456789"
 

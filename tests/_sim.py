@@ -46,15 +46,15 @@ from starlette.routing import Route
 from starlette.types import Message, Scope
 
 from credit_middleware import Ledger, Provisioner, TrialPolicy
-from credit_middleware import _outcome as outcome_module
+from credit_middleware.charge import outcomes as outcome_module
 from credit_middleware.errors import BackendUnavailable
+from credit_middleware.http.middleware import FINAL_COST_STATE, CreditMiddleware
 from credit_middleware.identity import Identity
 from credit_middleware.ledger._executor import AsyncpgExecutor, Executor
 from credit_middleware.ledger._sqlite import SqliteExecutor
-from credit_middleware.locks import LocalLocks
-from credit_middleware.middleware import FINAL_COST_STATE, CreditMiddleware
 from credit_middleware.pricing import Pricing
 from credit_middleware.pricing import Route as Priced
+from credit_middleware.trials.locks import LocalLocks
 
 HOLD_TIMEOUT = 60.0
 TRIAL = Decimal("20")

@@ -24,7 +24,7 @@ from credit_middleware import (
     Provisioner,
     TrialPolicy,
 )
-from credit_middleware.ratelimit import RateLimiter
+from credit_middleware.limits.ratelimit import RateLimiter
 
 pytestmark = pytest.mark.anyio
 DEAD_PG = "postgresql://u@127.0.0.1:1/db"  # nothing listens there
@@ -219,7 +219,7 @@ async def test_signup_logs_a_missing_user_id(
     async def register() -> dict[str, str]:
         return {"email": "nobody@example.com"}
 
-    with caplog.at_level(logging.WARNING, "credit_middleware.signup"):
+    with caplog.at_level(logging.WARNING, "credit_middleware.trials.signup"):
         await register()
     assert "no 'user_id' or 'id'" in caplog.text
     await asyncio.sleep(0)

@@ -25,8 +25,8 @@ from starlette.types import Scope
 
 from credit_middleware import BackendUnavailable, Identity, Ledger, Provisioner, TrialPolicy
 from credit_middleware.admin import admin_app, bearer_token_guard
-from credit_middleware.metrics import PrometheusObserver, metrics_app
-from credit_middleware.middleware import CreditMiddleware
+from credit_middleware.http.middleware import CreditMiddleware
+from credit_middleware.ops.metrics import PrometheusObserver, metrics_app
 from credit_middleware.pricing import Pricing
 from credit_middleware.pricing import Route as Priced
 

@@ -13,8 +13,8 @@ import pytest
 from _middleware_helpers import bearer, build_app, client
 
 from credit_middleware import Ledger, Provisioner
-from credit_middleware import middleware as middleware_module
 from credit_middleware.errors import AccountNotFound, IdempotencyConflict, LedgerError
+from credit_middleware.http import middleware as middleware_module
 
 pytestmark = pytest.mark.anyio
 

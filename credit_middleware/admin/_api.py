@@ -19,9 +19,9 @@ from ..errors import (
     LedgerError,
 )
 from ..ledger import Account, Ledger, Receipt
-from ..metrics import Refusal
 from ..money import check_account_id, from_micros
-from ..report import build_report
+from ..ops.metrics import Refusal
+from ..ops.report import balance_json, build_report
 from . import _csv
 from ._guard import mount_root, operator_of
 from ._html import CSP, nav
@@ -209,27 +209,7 @@ class Api:
         return _json(_account_json(account))
 
     async def _balance(self, account_id: str) -> Response:
-        bal = await self.ledger.balance(account_id)
-        grants = [
-            {
-                "grant_id": g.grant_id,
-                "source": g.source,
-                "amount": str(g.amount),
-                "remaining": str(g.remaining),
-                "expires_at": g.expires_at.isoformat() if g.expires_at else None,
-            }
-            for g in bal.grants
-        ]
-        return _json(
-            {
-                "account_id": bal.account_id,
-                "tier": bal.tier,
-                "spendable": str(bal.spendable),
-                "held": str(bal.held),
-                "available": str(bal.available),
-                "grants": grants,
-            }
-        )
+        return _json(balance_json(await self.ledger.balance(account_id)))
 
     async def _history(self, request: Request, account_id: str) -> Response:
         limit = int_param(request, "limit", 50, 1, 1000)

@@ -1,0 +1,1 @@
+"""The HTTP door: the ASGI middleware, where it places itself in the stack, WebSocket metering."""

@@ -1,0 +1,1 @@
+"""Running it: the operator CLI, reports, metrics and background maintenance."""
