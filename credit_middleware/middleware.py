@@ -28,7 +28,8 @@ from ._placement import RUNS_AFTER, innermost, place_inside
 from ._routing import routing_target
 from ._websocket import answer
 from ._websocket import serve as serve_websocket
-from .credits import FIXED_LEASE, Credits
+from .config import FIXED_LEASE
+from .credits import Credits
 from .errors import (
     AccountNotFound,
     BackendUnavailable,
@@ -131,24 +132,24 @@ class CreditMiddleware:
         self.pricing = credits.pricing
         self.proxies = credits.proxies
         self.resolver = credits.resolver
-        self._fail_open = credits.on_ledger_error == "allow"
-        self._refund = credits.refund_on_error
-        self._legacy = credits.legacy_headers
-        self._balance_header = credits.balance_header
-        self._balance_name = credits.balance_header.lower().encode("latin-1")
-        self._timeout = credits.timeout
-        self._hold_timeout = credits.hold_timeout
+        config = credits.config  # every option, resolved: nothing here has a default of its own
+        self._fail_open = config.faults.on_ledger_error == "allow"
+        self._legacy = config.headers.legacy_rate_limit
+        self._balance_header = config.headers.balance
+        self._balance_name = config.headers.balance.lower().encode("latin-1")
+        self._timeout = config.timeout
+        self._hold_timeout = config.billing.hold_timeout
         self._migrated = credits.migrated
-        # Only what was served is billed: 2xx by default (not the app's 4xx, redirects, 5xx)
-        self._billable_set = credits.billable_statuses
-        self._idempotency_ttl = credits.idempotency_ttl
+        self._idempotency_ttl = config.idempotency.ttl
         # how long an attempt may go unrenewed before a retry with its key may take over its
         # charge (a fixed-price call is quick: a worker that died with it frees its key soon;
         # a held or handler-billed one, an LLM call, may run as long as its hold); renewed
         # while the attempt runs (``keepalive``)
-        self._lease_fixed, self._lease_long = credits.leases
-        self._max_stored_body = credits.max_stored_body
-        self._max_request_body = credits.max_request_body
+        self._lease_fixed, self._lease_long = config.leases
+        self._max_stored_body = config.idempotency.max_stored_body
+        self._max_request_body = config.idempotency.max_request_body
+        # Only what was served is billed: 2xx by default (not the app's 4xx, redirects, 5xx)
+        self._billable = config.billing.billable
         self.outcomes = Outcomes(self.ledger, self._timeout, self.observer)
         #: keeps the leases and holds of requests still being served from lapsing
         self.keepalive = KeepAlive(self.ledger, timeout=self._timeout)
@@ -247,11 +248,6 @@ class CreditMiddleware:
         return wrapped
 
     # ------------------------------------------------------------------ admission
-
-    def _billable(self, status: int) -> bool:
-        if status in self._billable_set:
-            return True
-        return status >= 500 and not self._refund
 
     async def _admit(self, scope: Scope, receive: Receive, price: Price, charge_id: str) -> _Bill:
         try:
