@@ -72,9 +72,7 @@ def _refund_on_error(refund: Any, fields: dict[str, dict[str, Any]], stacklevel:
     )
 
 
-def fold(
-    groups: Mapping[str, Any], flat: Mapping[str, Any], stacklevel: int = 2
-) -> dict[str, Any]:
+def fold(groups: Mapping[str, Any], flat: Mapping[str, Any], stacklevel: int = 2) -> dict[str, Any]:
     """``groups`` (keyword -> group or None) with the deprecated ``flat`` keywords folded in,
     one warning each. A flat keyword next to its own group is a conflict; an unknown keyword
     is refused as Python would refuse it."""
@@ -97,4 +95,3 @@ def fold(
             )
         folded[group] = GROUPS[group](**values)
     return folded
-
