@@ -45,6 +45,7 @@ from credit_middleware import (
     redis_from_url,
 )
 from credit_middleware.abuse import IP_TRIAL_LIMIT
+from credit_middleware.config import Faults, Limits
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -112,7 +113,7 @@ async def test_a_cluster_shares_the_limit_between_app_instances(
     options: dict[str, Any] = {
         "redis_url": cluster_url,
         "tiers": {"trial": "5/minute"},
-        "strategy": strategy,
+        "limits": Limits(strategy=strategy),
         "key_prefix": f"cmtest-{strategy}-{time.time_ns()}:",
     }
     apps = [build_app(ledger=ledger, **options) for _ in range(2)]  # two "processes"
@@ -169,7 +170,7 @@ async def test_a_sentinel_failover_is_followed(ledger: Ledger, sentinel: Any) ->
         ledger=ledger,
         redis_url=f"redis+sentinel://127.0.0.1:{sentinel_port}/{SERVICE}",
         tiers={"trial": "100/minute"},
-        on_redis_error="refuse",  # so that a 200 proves Redis answered
+        faults=Faults(on_redis_error="refuse"),  # so that a 200 proves Redis answered
         observer=recorder,
     )
     async with clients(app) as (c,):
