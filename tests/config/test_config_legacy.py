@@ -54,7 +54,7 @@ def test_a_deprecated_keyword_warns_and_does_what_its_new_spelling_does(name: st
 def test_refund_on_error_true_is_the_default_and_false_adds_to_given_statuses() -> None:
     with pytest.warns(DeprecationWarning, match="refund_on_error"):
         assert Credits(refund_on_error=True).config == Credits().config
-    with pytest.warns(DeprecationWarning) as seen:
+    with pytest.warns(DeprecationWarning, match="is deprecated") as seen:
         both = Credits(billable_statuses=[200], refund_on_error=False)
     assert len(seen) == 2
     assert both.config.billing.statuses == frozenset({200, *range(500, 600)})
@@ -62,7 +62,7 @@ def test_refund_on_error_true_is_the_default_and_false_adds_to_given_statuses() 
 
 def test_a_flat_keyword_next_to_its_own_group_is_a_conflict() -> None:
     with (
-        pytest.warns(DeprecationWarning),
+        pytest.warns(DeprecationWarning, match="is deprecated"),
         pytest.raises(ConfigurationError, match=r"faults= is given: put \['on_ledger_error'\]"),
     ):
         Credits(faults=Faults(on_redis_error="refuse"), on_ledger_error="allow")
@@ -76,6 +76,6 @@ def test_an_unknown_keyword_is_refused_and_warns_of_nothing() -> None:
 
 
 def test_two_deprecated_keywords_of_one_group_build_one_group() -> None:
-    with pytest.warns(DeprecationWarning):
+    with pytest.warns(DeprecationWarning, match="is deprecated"):
         credits = Credits(idempotency_ttl=7200, idempotency_lease=90)
     assert credits.config.idempotency == Idempotency(ttl=7200, lease=90)
