@@ -108,7 +108,7 @@ def test_urls_are_checked_before_anything_connects() -> None:
 
 @pytest.mark.parametrize("strategy", ["moving-window", "sliding-window-counter", "fixed-window"])
 async def test_a_cluster_shares_the_limit_between_app_instances(
-    ledger: Ledger, cluster_url: str, strategy: str
+    ledger: Ledger, cluster_url: str, strategy: Any
 ) -> None:
     options: dict[str, Any] = {
         "redis_url": cluster_url,

@@ -22,10 +22,10 @@ from credit_middleware.config import (
 @pytest.mark.parametrize(
     ("build", "says"),
     [
-        (lambda: Limits(strategy="leaky"), "strategy must be one of"),
-        (lambda: Limits(default=60), "default limits are text"),
-        (lambda: Faults(on_ledger_error="ignore"), "on_ledger_error must be one of"),
-        (lambda: Faults(on_redis_error="ignore"), "on_redis_error must be one of"),
+        (lambda: Limits(strategy="leaky"), "strategy must be one of"),  # type: ignore[arg-type]
+        (lambda: Limits(default=60), "default limits are text"),  # type: ignore[arg-type]
+        (lambda: Faults(on_ledger_error="ignore"), "on_ledger_error must be one of"),  # type: ignore[arg-type]
+        (lambda: Faults(on_redis_error="ignore"), "on_redis_error must be one of"),  # type: ignore[arg-type]
         (lambda: Billing(statuses=[]), "billing statuses must be HTTP statuses"),
         (lambda: Billing(statuses=[99]), "billing statuses must be HTTP statuses"),
         (lambda: Billing(statuses=[600]), "billing statuses must be HTTP statuses"),
@@ -36,13 +36,13 @@ from credit_middleware.config import (
         (lambda: Idempotency(ttl=-1), "idempotency ttl must be positive"),
         (lambda: Idempotency(lease=0), "idempotency lease must be positive"),
         (lambda: Idempotency(max_stored_body=0), "max_stored_body must be positive"),
-        (lambda: Idempotency(max_request_body="big"), "max_request_body must be a positive"),
+        (lambda: Idempotency(max_request_body="big"), "max_request_body must be a positive"),  # type: ignore[arg-type]
         (lambda: Headers(balance=""), "HTTP header name"),
         (lambda: Headers(balance="Credit Balance"), "HTTP header name"),
-        (lambda: Headers(balance=None), "HTTP header name"),
+        (lambda: Headers(balance=None), "HTTP header name"),  # type: ignore[arg-type]
         (lambda: Lifecycle(maintenance_interval=0), "maintenance_interval must be positive"),
         (lambda: Config(timeout=0), "timeout must be positive"),
-        (lambda: Config(key_prefix=None), "key_prefix must be text"),
+        (lambda: Config(key_prefix=None), "key_prefix must be text"),  # type: ignore[arg-type]
         (lambda: Config(idempotency=Idempotency(ttl=10)), "raise Idempotency"),
     ],
 )
