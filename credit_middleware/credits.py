@@ -52,6 +52,16 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
         log.debug("migration failed: %r", task.exception())
 
 
+def _pricing(
+    given: Pricing | None, meter: str | Sequence[str] | None, cost: Decimal | int | str | None
+) -> Pricing:
+    if given is None:
+        return Pricing(meter=meter or (), default_cost=Decimal("0.001") if cost is None else cost)
+    if meter is not None or cost is not None:
+        raise conflict("pricing= already says what is metered: give meter/cost to Pricing")
+    return given
+
+
 class Credits:
     """The library's configuration and the objects built from it, shared by every layer.
 
@@ -132,47 +142,22 @@ class Credits:
         self.observer_source = observer
         self.observer = guarded(observer)
         check_objects(database_url, database, ledger, provisioner, policy)
-        if redis is not None and redis_url:
-            raise conflict("give redis_url or redis (a client), not both")
-        self._owns_redis = redis is None and bool(redis_url)
-        self.redis = (
-            redis_from_url(redis_url, timeout=config.backend_timeout) if redis_url else redis
-        )
+        self.redis = self._redis(redis_url, redis)
         self.owns_ledger = ledger is None and provisioner is None
         self.provisioner = self._provisioner(provisioner, ledger, database_url, database, policy)
         self.ledger = self.provisioner.ledger
         self.policy = self.provisioner.policy
         limits_given = tiers is not None or groups["limits"] is not None
-        if rate_limiter is not None and (limits_given or config.faults.on_redis_error != "local"):
-            raise conflict(
-                "rate_limiter= is already configured: give tiers, limits and on_redis_error"
-                " to RateLimiter(...), or drop rate_limiter="
-            )
-        self.limiter = rate_limiter or self._limiter(tiers)
-        if pricing is not None and (meter is not None or cost is not None):
-            raise conflict("pricing= already says what is metered: give meter/cost to Pricing")
-        self.pricing = pricing or Pricing(
-            meter=meter or (), default_cost=Decimal("0.001") if cost is None else cost
-        )
+        self.limiter = self._limiter(rate_limiter, tiers, limits_given)
+        self.pricing = _pricing(pricing, meter, cost)
         self.proxies = TrustedProxies(trusted_proxies)
-        check_identity(
-            {
-                "jwt_secret": jwt_secret,
-                "jwks_url": jwks_url,
-                "jwt_issuer": jwt_issuer,
-                "jwt_audience": jwt_audience,
-                "api_key_lookup": api_key_lookup,
-                "user_header": user_header,
-            },
+        self.resolver = self._resolver(
             resolver,
-        )
-        self.resolver = resolver or default_resolver(
             jwt_secret=jwt_secret,
             jwks_url=jwks_url,
-            issuer=jwt_issuer,
-            audience=jwt_audience,
+            jwt_issuer=jwt_issuer,
+            jwt_audience=jwt_audience,
             api_key_lookup=api_key_lookup,
-            proxies=self.proxies,
             user_header=user_header,
         )
         self.signup = SignupProvisioning(
@@ -204,8 +189,25 @@ class Credits:
         )
         return Provisioner(ledger, policy, locks=locks, observer=self.observer)
 
-    def _limiter(self, tiers: Mapping[str, str] | None) -> RateLimiter:
+    def _redis(self, redis_url: str | None, given: Any) -> Any:
+        if given is not None and redis_url:
+            raise conflict("give redis_url or redis (a client), not both")
+        self._owns_redis = given is None and bool(redis_url)
+        if not redis_url:
+            return given
+        return redis_from_url(redis_url, timeout=self.config.backend_timeout)
+
+    def _limiter(
+        self, given: RateLimiter | None, tiers: Mapping[str, str] | None, limits_given: bool
+    ) -> RateLimiter:
         config = self.config
+        if given is not None:
+            if limits_given or config.faults.on_redis_error != "local":
+                raise conflict(
+                    "rate_limiter= is already configured: give tiers, limits and on_redis_error"
+                    " to RateLimiter(...), or drop rate_limiter="
+                )
+            return given
         return RateLimiter(
             tiers=DEFAULT_TIERS if tiers is None else tiers,
             default=config.limits.default,
@@ -215,6 +217,20 @@ class Credits:
             on_redis_error=config.faults.on_redis_error,
             timeout=config.backend_timeout,
             observer=self.observer,
+        )
+
+    def _resolver(self, given: IdentityResolver | None, **identity: Any) -> IdentityResolver:
+        check_identity(identity, given)
+        if given is not None:
+            return given
+        return default_resolver(
+            jwt_secret=identity["jwt_secret"],
+            jwks_url=identity["jwks_url"],
+            issuer=identity["jwt_issuer"],
+            audience=identity["jwt_audience"],
+            api_key_lookup=identity["api_key_lookup"],
+            proxies=self.proxies,
+            user_header=identity["user_header"],
         )
 
     @property
