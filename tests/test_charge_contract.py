@@ -96,13 +96,8 @@ def build(ledger: Ledger, work: Work, **options: Any) -> Starlette:
     )
     options.setdefault("provisioner", Provisioner(ledger, options.pop("policy", None)))
     options.setdefault("tiers", {"trial": "10000/minute"})
-    app.add_middleware(
-        CreditMiddleware,
-        jwt_secret=SECRET,
-        pricing=pricing,
-        idempotency=Idempotency(max_stored_body=4096),
-        **options,
-    )
+    options.setdefault("idempotency", Idempotency(max_stored_body=4096))
+    app.add_middleware(CreditMiddleware, jwt_secret=SECRET, pricing=pricing, **options)
     return app
 
 
@@ -238,7 +233,7 @@ async def test_a_response_too_large_to_keep_is_not_served_twice(ledger: Ledger) 
 
 async def test_an_oversized_keyed_request_is_refused_and_moves_nothing(ledger: Ledger) -> None:
     work = Work()
-    app = build(ledger, work, idempotency=Idempotency(max_request_body=1000))
+    app = build(ledger, work, idempotency=Idempotency(max_stored_body=4096, max_request_body=1000))
     async with client(app) as c:
         r = await c.post("/v1/work", content=b"z" * 1001, headers=keyed("fat"))
     assert r.status_code == 413 and r.json()["type"].endswith(":request-too-large")
