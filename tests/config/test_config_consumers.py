@@ -12,7 +12,13 @@ import httpx
 import pytest
 from _middleware_helpers import SECRET
 
-from credit_middleware import ConfigurationError, CreditMiddleware, Credits, TrialPolicy
+from credit_middleware import (
+    ConfigurationError,
+    CreditMiddleware,
+    Credits,
+    TrialPolicy,
+    provision_credits,
+)
 from credit_middleware.config import (
     Billing,
     Config,
@@ -89,6 +95,13 @@ async def test_the_built_parts_read_theirs(sqlite_url: str) -> None:
     assert credits.pricing.price({"type": "http", "path": "/v2/x"}) is not None
     assert credits.signup.provisioner is credits.provisioner
     assert credits.signup.proxies is credits.proxies and credits.signup.budget == 0.5
+    assert credits.signup.prepare == credits.ready  # migrated (or not) as the lifecycle says
+
+    async def register() -> dict[str, str]:
+        return {"id": "ann"}
+
+    decorated: Any = provision_credits(credits)(register)
+    assert decorated.credit_provisioning is credits.signup  # the decorator runs the same one
     assert credits.maintenance is not None and credits.maintenance.interval == 60.0
     assert credits.migrated and credits.timeout == 2.5
     await credits.aclose()
