@@ -8,10 +8,13 @@ admin app and the CLI all work from the same :class:`Credits`.
     app.add_middleware(CreditMiddleware, credits=credits)
     await credits.provision(user_id, email=email)        # e.g. in fastapi-users' on_after_register
 
-Everything is checked here, when it is built: conflicting options, non-positive timeouts, short
-JWT secrets and unusable URLs raise :class:`ConfigurationError` saying what to change, before
-the app serves anything. Nothing connects until first use, and a database that is down at
-startup delays nothing: the schema is migrated on first use, retried until it works.
+The options almost everyone sets are keywords; the rest come grouped (``faults=Faults(...)``,
+see :mod:`credit_middleware.config`), and all of them are resolved into one ``credits.config``
+that every part reads. Everything is checked when it is built (each group by itself, the rest
+here): conflicting options, non-positive timeouts, short JWT secrets and unusable URLs raise
+:class:`ConfigurationError` saying what to change, before the app serves anything. Nothing
+connects until first use, and a database that is down at startup delays nothing: the schema is
+migrated on first use, retried until it works.
 """
 
 from __future__ import annotations
