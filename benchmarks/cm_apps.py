@@ -54,11 +54,12 @@ def available() -> str | None:
 
 
 def middleware_kwargs_names() -> tuple[str, ...]:
-    return ("database_url", "redis_url", "pricing", "jwt_secret", "tiers", "default_limits")
+    return ("database_url", "redis_url", "pricing", "jwt_secret", "tiers", "limits")
 
 
 def middleware_kwargs(env: BenchEnv) -> dict[str, Any]:
     from credit_middleware import pricing as pr
+    from credit_middleware.config import Lifecycle, Limits
 
     Pricing = pr.Pricing
     Route = getattr(pr, "PricedRoute", None) or pr.Route
@@ -75,10 +76,10 @@ def middleware_kwargs(env: BenchEnv) -> dict[str, Any]:
         "jwt_issuer": JWT_ISSUER,
         "jwt_audience": JWT_AUDIENCE,
         "tiers": {"trial": RATE_LIMIT},
-        "default_limits": RATE_LIMIT,
-        "strategy": STRATEGY,
+        "limits": Limits(default=RATE_LIMIT, strategy=STRATEGY),
         "key_prefix": f"{env.prefix}cm:",
-        "auto_migrate": False,  # the orchestrator migrates once, before any server starts
+        # the orchestrator migrates once, before any server starts
+        "lifecycle": Lifecycle(auto_migrate=False),
     }
 
 

@@ -3,23 +3,16 @@
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping
 from typing import Any
 
+from .config.groups import positive
 from .errors import ConfigurationError
 from .ledger import Ledger
 from .trials.policy import TrialPolicy
 from .trials.provisioning import Provisioner
 
-__all__ = ["check_objects", "conflict", "positive"]
-
-
-def positive(name: str, value: object, unit: str = "seconds") -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise ConfigurationError(f"{name} must be a positive number of {unit}, not {value!r}")
-    if value <= 0:
-        raise ConfigurationError(f"{name} must be positive ({unit}), not {value!r}")
-    return float(value)
+__all__ = ["check_identity", "check_objects", "conflict", "positive"]
 
 
 def conflict(message: str) -> ConfigurationError:
@@ -53,3 +46,14 @@ def check_objects(
             )
     if ledger is not None and not isinstance(ledger, Ledger):
         raise ConfigurationError(f"ledger must be a Ledger, not {type(ledger).__name__}")
+
+
+def check_identity(options: Mapping[str, object], resolver: object) -> None:
+    """The identity options (``jwt_secret``, ...) against each other and ``resolver``."""
+    given = sorted(k for k, v in options.items() if v is not None)
+    if resolver is not None and given:
+        raise conflict(f"resolver= decides the identity: drop {given}, or drop resolver=")
+    if (options.get("jwt_issuer") or options.get("jwt_audience")) and not (
+        options.get("jwt_secret") or options.get("jwks_url")
+    ):
+        raise conflict("jwt_issuer/jwt_audience need jwt_secret or jwks_url")

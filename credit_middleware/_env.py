@@ -1,4 +1,5 @@
-"""``Credits.from_env()``: the ``CREDIT_*`` environment variables as :class:`Credits` options.
+"""``Credits.from_env()``: the ``CREDIT_*`` environment variables as :class:`Credits` options,
+flat ones (``timeout``) or fields of the option groups (``faults.on_ledger_error``).
 
 The environment is read only here, when an application asks for it (an edge, like the CLI);
 a value that cannot be used raises :class:`ConfigurationError` naming the variable.
@@ -12,6 +13,7 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from .config.legacy import GROUPS, RENAMED
 from .errors import ConfigurationError
 from .trials.policy import TrialPolicy
 
@@ -61,7 +63,8 @@ def _bool(value: str) -> bool:
     raise ValueError("use true or false")
 
 
-#: variable -> (Credits option, parser). ``CREDIT_TRIAL_AMOUNT`` builds ``policy``.
+#: variable -> (Credits option, or ``group.field`` of an option group; parser).
+#: ``CREDIT_TRIAL_AMOUNT`` builds ``policy``.
 VARIABLES: Mapping[str, tuple[str, Callable[[str], Any]]] = {
     "CREDIT_DATABASE_URL": ("database_url", _text),
     "CREDIT_REDIS_URL": ("redis_url", _text),
@@ -71,38 +74,62 @@ VARIABLES: Mapping[str, tuple[str, Callable[[str], Any]]] = {
     "CREDIT_JWT_AUDIENCE": ("jwt_audience", _text),
     "CREDIT_METER": ("meter", _list),
     "CREDIT_CALL_COST": ("cost", _decimal),
-    "CREDIT_RATE_LIMIT": ("default_limits", _text),
+    "CREDIT_RATE_LIMIT": ("limits.default", _text),
     "CREDIT_TIERS": ("tiers", _tiers),
     "CREDIT_TRUSTED_PROXIES": ("trusted_proxies", _list),
     "CREDIT_TIMEOUT": ("timeout", _number),
-    "CREDIT_HOLD_TIMEOUT": ("hold_timeout", _number),
-    "CREDIT_ON_LEDGER_ERROR": ("on_ledger_error", _text),
-    "CREDIT_ON_REDIS_ERROR": ("on_redis_error", _text),
+    "CREDIT_HOLD_TIMEOUT": ("billing.hold_timeout", _number),
+    "CREDIT_ON_LEDGER_ERROR": ("faults.on_ledger_error", _text),
+    "CREDIT_ON_REDIS_ERROR": ("faults.on_redis_error", _text),
     "CREDIT_KEY_PREFIX": ("key_prefix", _text),
-    "CREDIT_AUTO_MIGRATE": ("auto_migrate", _bool),
-    "CREDIT_MAINTENANCE_INTERVAL": ("maintenance_interval", _interval),
+    "CREDIT_AUTO_MIGRATE": ("lifecycle.auto_migrate", _bool),
+    "CREDIT_MAINTENANCE_INTERVAL": ("lifecycle.maintenance_interval", _interval),
     "CREDIT_TRIAL_AMOUNT": ("trial_amount", _decimal),
 }
 
 
-def from_env(environ: Mapping[str, str] | None, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Options from ``environ`` (default ``os.environ``); ``overrides`` win. Empty variables
-    count as unset."""
-    env = os.environ if environ is None else environ
-    options: dict[str, Any] = {}
+def _read(env: Mapping[str, str]) -> dict[str, tuple[str, Any]]:
+    """option -> (variable, value) for every variable set (an empty one counts as unset)."""
+    read: dict[str, tuple[str, Any]] = {}
     for name, (option, parse) in VARIABLES.items():
         raw = env.get(name, "").strip()
         if not raw:
             continue
         try:
-            options[option] = parse(raw)
+            read[option] = (name, parse(raw))
         except ValueError as exc:
             raise ConfigurationError(f"{name}={raw!r} cannot be used: {exc}") from None
+    return read
+
+
+def _groups(read: Mapping[str, tuple[str, Any]], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The option groups the variables fill in; a group given as an argument wins as a whole,
+    a deprecated flat argument over its own field."""
+    overridden = {RENAMED[k] for k in overrides if k in RENAMED}
+    fields: dict[str, dict[str, tuple[str, Any]]] = {}
+    for option, found in read.items():
+        group, _, field = option.partition(".")
+        if field and group not in overrides and (group, field) not in overridden:
+            fields.setdefault(group, {})[field] = found
+    built: dict[str, Any] = {}
+    for group, values in fields.items():
+        try:
+            built[group] = GROUPS[group](**{f: value for f, (_, value) in values.items()})
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{sorted(v for v, _ in values.values())}: {exc}") from None
+    return built
+
+
+def from_env(environ: Mapping[str, str] | None, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Options from ``environ`` (default ``os.environ``); ``overrides`` win."""
+    read = _read(os.environ if environ is None else environ)
+    options = {option: value for option, (_, value) in read.items() if "." not in option}
     amount = options.pop("trial_amount", None)
     if amount is not None and "policy" not in overrides:
         options["policy"] = TrialPolicy(amount=amount)
-    rate = options.get("default_limits")
+    rate = read.get("limits.default")
     if rate is not None and "tiers" not in options and "tiers" not in overrides:
-        options["tiers"] = {"trial": rate}  # the trial tier follows CREDIT_RATE_LIMIT
+        options["tiers"] = {"trial": rate[1]}  # the trial tier follows CREDIT_RATE_LIMIT
+    options.update(_groups(read, overrides))
     options.update(overrides)
     return options

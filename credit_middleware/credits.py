@@ -8,10 +8,13 @@ admin app and the CLI all work from the same :class:`Credits`.
     app.add_middleware(CreditMiddleware, credits=credits)
     await credits.provision(user_id, email=email)        # e.g. in fastapi-users' on_after_register
 
-Everything is checked here, when it is built: conflicting options, non-positive timeouts, short
-JWT secrets and unusable URLs raise :class:`ConfigurationError` saying what to change, before
-the app serves anything. Nothing connects until first use, and a database that is down at
-startup delays nothing: the schema is migrated on first use, retried until it works.
+The options almost everyone sets are keywords; the rest come grouped (``faults=Faults(...)``,
+see :mod:`credit_middleware.config`), and all of them are resolved into one ``credits.config``
+that every part reads. Everything is checked when it is built (each group by itself, the rest
+here): conflicting options, non-positive timeouts, short JWT secrets and unusable URLs raise
+:class:`ConfigurationError` saying what to change, before the app serves anything. Nothing
+connects until first use, and a database that is down at startup delays nothing: the schema is
+migrated on first use, retried until it works.
 """
 
 from __future__ import annotations
@@ -21,16 +24,19 @@ import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any
 
-from ._checks import check_objects, conflict, positive
+from ._checks import check_identity, check_objects, conflict
 from ._env import from_env
 from ._redis import close_redis, redis_from_url
-from .errors import BackendUnavailable, ConfigurationError
+from .config import DEFAULT_LIMITS, FIXED_LEASE, Config
+from .config.groups import Billing, Faults, Headers, Idempotency, Lifecycle, Limits
+from .config.legacy import fold
+from .errors import BackendUnavailable
 from .events import Observer, guarded
 from .identity import ApiKeyLookup, Identity, IdentityResolver, TrustedProxies, default_resolver
 from .ledger import Ledger
-from .limits.ratelimit import DEFAULT_TIERS, RateLimiter, Strategy
+from .limits.ratelimit import DEFAULT_TIERS, RateLimiter
 from .ops.maintenance import Maintenance
 from .pricing.priced import EXEMPT_ATTRIBUTE, Pricing
 from .trials.locks import LocalLocks, ProvisionLocks, RedisLocks
@@ -38,14 +44,9 @@ from .trials.policy import TrialPolicy
 from .trials.provisioning import Provisioner, ProvisionResult
 from .trials.signup import SignupProvisioning, identity_for
 
-__all__ = ["DEFAULT_LIMITS", "Credits"]
+__all__ = ["DEFAULT_LIMITS", "FIXED_LEASE", "Credits"]
 
 log = logging.getLogger("credit_middleware.credits")
-
-DEFAULT_LIMITS = "60/minute;1000/day"
-#: How long a fixed-price request's attempt owns its Idempotency-Key before a retry may take over
-#: its charge, unless renewed while it runs (a held or handler-billed one: ``hold_timeout``).
-FIXED_LEASE = 30.0
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
@@ -54,21 +55,36 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
         log.debug("migration failed: %r", task.exception())
 
 
+def _pricing(
+    given: Pricing | None, meter: str | Sequence[str] | None, cost: Decimal | int | str | None
+) -> Pricing:
+    if given is None:
+        return Pricing(meter=meter or (), default_cost=Decimal("0.001") if cost is None else cost)
+    if meter is not None or cost is not None:
+        raise conflict("pricing= already says what is metered: give meter/cost to Pricing")
+    return given
+
+
 class Credits:
     """The library's configuration and the objects built from it, shared by every layer.
 
-    Give URLs (``database_url``, ``redis_url``; none → a SQLite file and in-memory limits) or
-    built objects (``ledger``, ``provisioner``, ``rate_limiter``, ``redis``), not both for the
-    same thing. ``meter`` names what is billed (``"/v1/*"``; see :class:`Pricing` for
-    ``pricing=``), ``cost`` what a call costs. Identity: ``jwt_secret`` (HS256, at least 32
-    bytes) or ``jwks_url``, with ``jwt_issuer``/``jwt_audience``; or ``resolver``.
+    The options almost everyone sets are keywords: give URLs (``database_url``, ``redis_url``
+    and its ``key_prefix``; none → a SQLite file and in-memory limits) or built objects
+    (``ledger``, ``provisioner``, ``rate_limiter``, ``redis``), not both for the same thing.
+    ``meter`` names what is billed (``"/v1/*"``; see :class:`Pricing` for ``pricing=``),
+    ``cost`` what a call costs; ``tiers`` the rate limits per tier; ``policy`` the trial.
+    Identity: ``jwt_secret`` (HS256, at least 32 bytes) or ``jwks_url``, with
+    ``jwt_issuer``/``jwt_audience``; or ``resolver``. ``timeout`` bounds every backend wait.
     ``signup`` holds :class:`SignupProvisioning` options (``budget``, ``attempts``, ...).
+    The rest comes in groups from :mod:`credit_middleware.config` (``limits=Limits(...)``,
+    ``faults=``, ``billing=``, ``idempotency=``, ``headers=``, ``lifecycle=``), all of it
+    resolved in :attr:`config`, which every part built here reads.
 
     Owns what it builds: ``async with credits:`` or ``FastAPI(lifespan=credits.lifespan)``
     migrates (without failing when the database is down), keeps the ledger up every
-    ``maintenance_interval`` seconds (purges expired idempotency records, rolls up the
-    report's figures) and closes at the end; the middleware does the same through the app's
-    lifespan, so either is enough.
+    ``Lifecycle.maintenance_interval`` seconds (purges expired idempotency records, rolls up
+    the report's figures) and closes at the end; the middleware does the same through the
+    app's lifespan, so either is enough.
     """
 
     def __init__(
@@ -76,12 +92,12 @@ class Credits:
         *,
         database_url: str | None = None,
         redis_url: str | None = None,
-        policy: TrialPolicy | None = None,
-        tiers: Mapping[str, str] | None = None,
-        default_limits: str | None = DEFAULT_LIMITS,
-        pricing: Pricing | None = None,
+        key_prefix: str = "credit:",
         meter: str | Sequence[str] | None = None,
         cost: Decimal | int | str | None = None,
+        pricing: Pricing | None = None,
+        tiers: Mapping[str, str] | None = None,
+        policy: TrialPolicy | None = None,
         jwt_secret: str | None = None,
         jwks_url: str | None = None,
         jwt_issuer: str | None = None,
@@ -90,157 +106,145 @@ class Credits:
         trusted_proxies: Iterable[str] = (),
         user_header: str | None = None,
         resolver: IdentityResolver | None = None,
-        strategy: Strategy = "moving-window",
-        on_redis_error: Literal["local", "refuse"] = "local",
-        on_ledger_error: Literal["refuse", "allow"] = "refuse",
-        refund_on_error: bool = True,
-        billable_statuses: Iterable[int] | None = None,
-        idempotency_ttl: float = 86400.0,
-        idempotency_lease: float | None = None,
-        max_stored_body: int = 1 << 20,
-        max_request_body: int = 10 << 20,
-        legacy_headers: bool = False,
-        balance_header: str = "Credit-Balance",
-        key_prefix: str = "credit:",
         timeout: float = 3.0,
-        hold_timeout: float = 300.0,
-        auto_migrate: bool = True,
-        maintenance_interval: float | None = 300.0,
+        limits: Limits | None = None,
+        faults: Faults | None = None,
+        billing: Billing | None = None,
+        idempotency: Idempotency | None = None,
+        headers: Headers | None = None,
+        lifecycle: Lifecycle | None = None,
+        signup: Mapping[str, Any] | None = None,
         observer: Observer | None = None,
         ledger: Ledger | None = None,
         database: Any = None,
         provisioner: Provisioner | None = None,
         rate_limiter: RateLimiter | None = None,
         redis: Any = None,
-        signup: Mapping[str, Any] | None = None,
+        **deprecated: Any,
     ) -> None:
-        self.timeout = positive("timeout", timeout)
-        self.hold_timeout = positive("hold_timeout", hold_timeout)
-        if on_ledger_error not in ("refuse", "allow"):
-            raise ConfigurationError("on_ledger_error must be 'refuse' or 'allow'")
-        self.on_ledger_error = on_ledger_error
-        self.refund_on_error = refund_on_error
-        # Only what was served is billed: 2xx by default (not the app's 4xx, redirects, 5xx)
-        statuses = range(200, 300) if billable_statuses is None else billable_statuses
-        self.billable_statuses = frozenset(int(s) for s in statuses)
-        if not self.billable_statuses or not all(100 <= s <= 599 for s in self.billable_statuses):
-            raise ConfigurationError("billable_statuses must be HTTP statuses (100-599)")
-        self.idempotency_ttl = positive("idempotency_ttl", idempotency_ttl)
-        # how long an attempt may take before a retry with its key may take over its charge
-        #: None: 30 s for a fixed-price call, ``hold_timeout`` for a held or handler-billed one
-        self.idempotency_lease = (
-            None if idempotency_lease is None else positive("idempotency_lease", idempotency_lease)
+        groups = fold(
+            {
+                "limits": limits,
+                "faults": faults,
+                "billing": billing,
+                "idempotency": idempotency,
+                "headers": headers,
+                "lifecycle": lifecycle,
+            },
+            deprecated,
+            stacklevel=2,
         )
-        #: the leases a fixed-price and a held (or handler-billed) call's attempt gets
-        self.leases = (
-            self.idempotency_lease or FIXED_LEASE,
-            self.idempotency_lease or max(self.hold_timeout, FIXED_LEASE),
+        #: every option, resolved: what each part built or handed out here reads
+        self.config = config = Config(
+            timeout=timeout,
+            key_prefix=key_prefix,
+            tiers=tuple(DEFAULT_TIERS if tiers is None else tiers),
+            **{name: group for name, group in groups.items() if group is not None},
         )
-        if self.idempotency_ttl < max(self.leases):
-            raise ConfigurationError(
-                f"idempotency_ttl ({self.idempotency_ttl:g}s) is shorter than the idempotency"
-                f" lease ({max(self.leases):g}s, from idempotency_lease or hold_timeout): a key"
-                " forgotten while its first attempt may still run would bill its retry again;"
-                " raise idempotency_ttl"
-            )
-        self.max_stored_body = int(positive("max_stored_body", max_stored_body, "bytes"))
-        self.max_request_body = int(positive("max_request_body", max_request_body, "bytes"))
-        self.legacy_headers = legacy_headers
-        self.balance_header = balance_header
-        self.auto_migrate = auto_migrate
-        if maintenance_interval is not None:
-            maintenance_interval = positive("maintenance_interval", maintenance_interval)
-        #: seconds between rounds of upkeep in the lifespan (None: none; see ``Maintenance``)
-        self.maintenance_interval = maintenance_interval
         #: The observer as given (what the admin dashboard reads); components get it guarded.
         self.observer_source = observer
         self.observer = guarded(observer)
         check_objects(database_url, database, ledger, provisioner, policy)
-
-        if redis is not None and redis_url:
-            raise conflict("give redis_url or redis (a client), not both")
-        self._owns_redis = redis is None and bool(redis_url)
-        self.redis = redis_from_url(redis_url, timeout=min(timeout, 1.0)) if redis_url else redis
-
+        self.redis = self._redis(redis_url, redis)
         self.owns_ledger = ledger is None and provisioner is None
-        if ledger is None:
-            ledger = (
-                provisioner.ledger
-                if provisioner is not None
-                else Ledger(database_url, database=database, timeout=timeout)
-            )
-        self.ledger = ledger
-        if provisioner is None:
-            locks: ProvisionLocks = (
-                RedisLocks(self.redis, prefix=key_prefix + "lock:") if self.redis else LocalLocks()
-            )
-            provisioner = Provisioner(ledger, policy, locks=locks, observer=self.observer)
-        else:
-            provisioner.observer = guarded(provisioner.observer)  # an observer never raises
-        self.provisioner = provisioner
-        self.policy = provisioner.policy
-
-        limits_given = (
-            tiers is not None
-            or default_limits != DEFAULT_LIMITS
-            or strategy != "moving-window"
-            or on_redis_error != "local"
-        )
-        if rate_limiter is not None and limits_given:
-            raise conflict(
-                "rate_limiter= is already configured: give tiers, default_limits, strategy and"
-                " on_redis_error to RateLimiter(...), or drop rate_limiter="
-            )
-        #: The tiers rate limits are configured for (what an operator may choose).
-        self.tier_names = tuple(DEFAULT_TIERS if tiers is None else tiers)
-        self.limiter = rate_limiter or RateLimiter(
-            tiers=DEFAULT_TIERS if tiers is None else tiers,
-            default=default_limits,
-            strategy=strategy,
-            redis=self.redis,
-            key_prefix=key_prefix + "rl",
-            on_redis_error=on_redis_error,
-            timeout=min(timeout, 1.0),
-            observer=self.observer,
-        )
-
-        if pricing is not None and (meter is not None or cost is not None):
-            raise conflict("pricing= already says what is metered: give meter/cost to Pricing")
-        self.pricing = pricing or Pricing(
-            meter=meter or (), default_cost=Decimal("0.001") if cost is None else cost
-        )
+        self.provisioner = self._provisioner(provisioner, ledger, database_url, database, policy)
+        self.ledger = self.provisioner.ledger
+        self.policy = self.provisioner.policy
+        limits_given = tiers is not None or groups["limits"] is not None
+        self.limiter = self._limiter(rate_limiter, tiers, limits_given)
+        self.pricing = _pricing(pricing, meter, cost)
         self.proxies = TrustedProxies(trusted_proxies)
-        identity_options = {
-            "jwt_secret": jwt_secret,
-            "jwks_url": jwks_url,
-            "jwt_issuer": jwt_issuer,
-            "jwt_audience": jwt_audience,
-            "api_key_lookup": api_key_lookup,
-            "user_header": user_header,
-        }
-        given = sorted(k for k, v in identity_options.items() if v is not None)
-        if resolver is not None and given:
-            raise conflict(f"resolver= decides the identity: drop {given}, or drop resolver=")
-        if (jwt_issuer or jwt_audience) and not (jwt_secret or jwks_url):
-            raise conflict("jwt_issuer/jwt_audience need jwt_secret or jwks_url")
-        self.resolver = resolver or default_resolver(
+        self.resolver = self._resolver(
+            resolver,
             jwt_secret=jwt_secret,
             jwks_url=jwks_url,
-            issuer=jwt_issuer,
-            audience=jwt_audience,
+            jwt_issuer=jwt_issuer,
+            jwt_audience=jwt_audience,
             api_key_lookup=api_key_lookup,
-            proxies=self.proxies,
             user_header=user_header,
         )
         self.signup = SignupProvisioning(
             self.provisioner, prepare=self.ready, proxies=self.proxies, **dict(signup or {})
         )
-        self.maintenance = (
-            Maintenance(ledger, maintenance_interval) if maintenance_interval is not None else None
-        )
+        interval = config.lifecycle.maintenance_interval
+        self.maintenance = Maintenance(self.ledger, interval) if interval is not None else None
         self._users = 0
-        self._migrated = not auto_migrate
+        self._migrated = not config.lifecycle.auto_migrate
         self._migration: asyncio.Future[Any] | None = None
+
+    def _provisioner(
+        self,
+        given: Provisioner | None,
+        ledger: Ledger | None,
+        database_url: str | None,
+        database: Any,
+        policy: TrialPolicy | None,
+    ) -> Provisioner:
+        if given is not None:
+            given.observer = guarded(given.observer)  # an observer never raises
+            return given
+        if ledger is None:
+            ledger = Ledger(database_url, database=database, timeout=self.config.timeout)
+        locks: ProvisionLocks = (
+            RedisLocks(self.redis, prefix=self.config.key_prefix + "lock:")
+            if self.redis
+            else LocalLocks()
+        )
+        return Provisioner(ledger, policy, locks=locks, observer=self.observer)
+
+    def _redis(self, redis_url: str | None, given: Any) -> Any:
+        if given is not None and redis_url:
+            raise conflict("give redis_url or redis (a client), not both")
+        self._owns_redis = given is None and bool(redis_url)
+        if not redis_url:
+            return given
+        return redis_from_url(redis_url, timeout=self.config.backend_timeout)
+
+    def _limiter(
+        self, given: RateLimiter | None, tiers: Mapping[str, str] | None, limits_given: bool
+    ) -> RateLimiter:
+        config = self.config
+        if given is not None:
+            if limits_given or config.faults.on_redis_error != "local":
+                raise conflict(
+                    "rate_limiter= is already configured: give tiers, limits and on_redis_error"
+                    " to RateLimiter(...), or drop rate_limiter="
+                )
+            return given
+        return RateLimiter(
+            tiers=DEFAULT_TIERS if tiers is None else tiers,
+            default=config.limits.default,
+            strategy=config.limits.strategy,
+            redis=self.redis,
+            key_prefix=config.key_prefix + "rl",
+            on_redis_error=config.faults.on_redis_error,
+            timeout=config.backend_timeout,
+            observer=self.observer,
+        )
+
+    def _resolver(self, given: IdentityResolver | None, **identity: Any) -> IdentityResolver:
+        check_identity(identity, given)
+        if given is not None:
+            return given
+        return default_resolver(
+            jwt_secret=identity["jwt_secret"],
+            jwks_url=identity["jwks_url"],
+            issuer=identity["jwt_issuer"],
+            audience=identity["jwt_audience"],
+            api_key_lookup=identity["api_key_lookup"],
+            proxies=self.proxies,
+            user_header=identity["user_header"],
+        )
+
+    @property
+    def timeout(self) -> float:
+        """Every backend call's bound, in seconds (``config.timeout``)."""
+        return self.config.timeout
+
+    @property
+    def tier_names(self) -> tuple[str, ...]:
+        """The tiers rate limits are configured for (what an operator may choose)."""
+        return self.config.tiers
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Credits:
@@ -367,19 +371,22 @@ class Credits:
             self.observer_source if hasattr(self.observer_source, "recent_refusals") else None
         )
         options.setdefault("refusals", refusals)
+        options.setdefault("tiers", self.config.tiers)  # the tiers an operator may choose
         options.setdefault("prepare", self.ready)  # migrated before it serves, lifespan or not
         app = admin_app(self.ledger, **options)
         setattr(app, EXEMPT_ATTRIBUTE, True)
         return app
 
     def proxy_hook(self, **options: Any) -> Any:
-        """A LiteLLM proxy callback (``CreditProxyHook``) on this configuration."""
+        """A LiteLLM proxy callback (``CreditProxyHook``) on this configuration: its ledger,
+        provisioning, hold timeout, balance header and migration; ``options`` add to them."""
         from .integrations.litellm.proxy import CreditProxyHook
 
-        return CreditProxyHook(self.provisioner, **options)
+        return CreditProxyHook(self.provisioner, **{**self.config.proxy_hook_options(), **options})
 
     def llm(self, **options: Any) -> Any:
-        """A ``CreditedLLM`` (the failsafe layer for LLM calls) on this configuration."""
+        """A ``CreditedLLM`` (the failsafe layer for LLM calls) on this configuration: its
+        ledger, provisioning and hold timeout; ``options`` add to them."""
         from .integrations.litellm.llm import CreditedLLM
 
-        return CreditedLLM(self.provisioner, **options)
+        return CreditedLLM(self.provisioner, **{**self.config.llm_options(), **options})

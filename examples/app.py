@@ -40,6 +40,7 @@ from credit_middleware import (
     TrialPolicy,
     provision_credits,
 )
+from credit_middleware.config import Limits
 from credit_middleware.errors import AccountNotFound
 from credit_middleware.metrics import PrometheusObserver, metrics_app
 from credit_middleware.problems import ledger_down
@@ -98,7 +99,7 @@ class Services:
             "policy": TrialPolicy(amount=settings.trial_amount),
             "jwt_secret": settings.jwt_secret,
             "tiers": {"trial": settings.rate_limit},
-            "default_limits": settings.rate_limit,
+            "limits": Limits(default=settings.rate_limit),
             "pricing": Pricing(
                 default_cost=settings.call_cost,
                 meter="/v1/*",

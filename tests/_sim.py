@@ -47,6 +47,7 @@ from starlette.types import Message, Scope
 
 from credit_middleware import Ledger, Provisioner, TrialPolicy
 from credit_middleware.charge import outcomes as outcome_module
+from credit_middleware.config import Billing, Idempotency, Lifecycle, Limits
 from credit_middleware.errors import BackendUnavailable
 from credit_middleware.http.middleware import FINAL_COST_STATE, CreditMiddleware
 from credit_middleware.identity import Identity
@@ -227,11 +228,11 @@ class Proc:
             pricing=world.pricing,
             resolver=SimIdentity(),
             timeout=3600.0,  # the real-time bound never fires: faults say what is lost
-            hold_timeout=HOLD_TIMEOUT,
+            billing=Billing(hold_timeout=HOLD_TIMEOUT),
             tiers={"trial": "1000000/minute"},
-            default_limits="1000000/minute",
-            auto_migrate=False,
-            max_stored_body=4096,
+            limits=Limits(default="1000000/minute"),
+            lifecycle=Lifecycle(auto_migrate=False),
+            idempotency=Idempotency(max_stored_body=4096),
         )
         # virtual time for what the middleware schedules (where this version has it)
         outcomes = self.mw.outcomes

@@ -29,7 +29,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("trials", ("trials.", "trials")),
     ("charge", ("charge.", "charge")),
     ("built on the parts", ("integrations.", "integrations", "admin.", "admin")),
-    ("configuration", ("credits", "_checks", "_env")),
+    ("configuration", ("config.", "config", "credits", "_checks", "_env")),
     ("http", ("http.", "http")),
     ("public", ("", "__main__")),  # the package's face and the old paths that re-export
 )

@@ -24,6 +24,7 @@ from credit_middleware import (
     Provisioner,
     TrialPolicy,
 )
+from credit_middleware.config import Billing, Faults, Idempotency, Limits
 from credit_middleware.limits.ratelimit import RateLimiter
 
 pytestmark = pytest.mark.anyio
@@ -36,7 +37,6 @@ DEAD_PG = "postgresql://u@127.0.0.1:1/db"  # nothing listens there
         ({"timeout": 0}, "timeout must be positive"),
         ({"timeout": -1.0}, "timeout must be positive"),
         ({"timeout": float("nan")}, "timeout must be a positive number"),
-        ({"hold_timeout": 0}, "hold_timeout must be positive"),
         ({"jwt_secret": "short"}, "at least 32 bytes"),
         ({"jwt_secret": SECRET, "jwks_url": "https://idp/certs"}, "exactly one"),
         ({"jwt_audience": "api"}, "need jwt_secret or jwks_url"),
@@ -44,8 +44,9 @@ DEAD_PG = "postgresql://u@127.0.0.1:1/db"  # nothing listens there
         ({"pricing": Pricing(), "meter": "/v1/*"}, "give meter/cost to Pricing"),
         ({"rate_limiter": RateLimiter(), "tiers": {"trial": "1/minute"}}, "drop rate_limiter"),
         ({"trusted_proxies": ["not-an-ip"]}, "trusted_proxies"),
-        ({"on_ledger_error": "ignore"}, "on_ledger_error"),
-        ({"strategy": "leaky"}, "strategy"),
+        ({"billing": Billing(hold_timeout=10), "idempotency": Idempotency(ttl=20)}, "shorter"),
+        ({"rate_limiter": RateLimiter(), "limits": Limits(default=None)}, "drop rate_limiter"),
+        ({"rate_limiter": RateLimiter(), "faults": Faults(on_redis_error="refuse")}, "drop rate"),
         ({"database_url": "mysql://x/y"}, "unsupported database URL"),
     ],
 )

@@ -23,6 +23,7 @@ from benchmarks.scale_ledger import (
 )
 from credit_middleware import Credits, Ledger
 from credit_middleware.cli import main
+from credit_middleware.config import Lifecycle
 from credit_middleware.ledger import _search
 from credit_middleware.ledger._executor import Conn, Row
 from credit_middleware.ledger._sqlite import sqlite_path
@@ -210,7 +211,7 @@ def test_the_purge_command_forgets_expired_requests(
 
 @pytest.mark.anyio
 async def test_the_lifespan_purges_and_rolls_up_on_its_schedule(sqlite_url: str) -> None:
-    credits = Credits(database_url=sqlite_url, maintenance_interval=0.05)
+    credits = Credits(database_url=sqlite_url, lifecycle=Lifecycle(maintenance_interval=0.05))
     assert credits.maintenance is not None
     async with credits:
         ledger = credits.ledger
@@ -228,7 +229,7 @@ async def test_the_lifespan_purges_and_rolls_up_on_its_schedule(sqlite_url: str)
         )
         assert state is not None and int(state["entry_mark"]) >= 2
     assert credits.maintenance._task is None  # stopped with the lifespan
-    assert Credits(maintenance_interval=None).maintenance is None
+    assert Credits(lifecycle=Lifecycle(maintenance_interval=None)).maintenance is None
 
 
 # ---------------------------------------------------------------------------- searches

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable
 
 from ..events import Observer
 from ..ledger import Ledger
@@ -18,7 +18,7 @@ class Settlement:
 
     __slots__ = (
         "balance_name",
-        "billable_statuses",
+        "billable",
         "hold_timeout",
         "idempotency_ttl",
         "keepalive",
@@ -27,7 +27,6 @@ class Settlement:
         "max_stored_body",
         "observer",
         "outcomes",
-        "refund_on_error",
     )
 
     def __init__(
@@ -37,8 +36,7 @@ class Settlement:
         outcomes: Outcomes,
         keepalive: KeepAlive,
         observer: Observer,
-        billable_statuses: Collection[int],
-        refund_on_error: bool,
+        billable: Callable[[int], bool],
         hold_timeout: float,
         idempotency_ttl: float,
         leases: tuple[float, float],
@@ -49,8 +47,9 @@ class Settlement:
         self.outcomes = outcomes
         self.keepalive = keepalive
         self.observer = observer
-        self.billable_statuses = billable_statuses
-        self.refund_on_error = refund_on_error
+        #: whether an answer with this status is billed (the configuration's ``Billing``:
+        #: only what was served, 2xx by default, not the app's 4xx, redirects, 5xx)
+        self.billable = billable
         self.hold_timeout = hold_timeout
         self.idempotency_ttl = idempotency_ttl
         #: how long an attempt may go unrenewed before a retry with its key may take over its
@@ -61,10 +60,3 @@ class Settlement:
         self.max_stored_body = max_stored_body
         #: the balance header's name as it goes on the wire
         self.balance_name = balance_header.lower().encode("latin-1")
-
-    def billable(self, status: int) -> bool:
-        """Only what was served is billed: the billable statuses (2xx by default), and a 5xx
-        unless refunds on errors are on."""
-        if status in self.billable_statuses:
-            return True
-        return status >= 500 and not self.refund_on_error

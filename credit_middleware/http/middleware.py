@@ -25,7 +25,8 @@ from ..charge.outcomes import Outcomes
 from ..charge.pay import pay
 from ..charge.replay import client_key, key_refused, read_request
 from ..charge.settlement import Settlement
-from ..credits import FIXED_LEASE, Credits
+from ..config import FIXED_LEASE
+from ..credits import Credits
 from ..errors import (
     AccountNotFound,
     BackendUnavailable,
@@ -111,13 +112,14 @@ class CreditMiddleware:
         self.pricing = credits.pricing
         self.proxies = credits.proxies
         self.resolver = credits.resolver
-        self._fail_open = credits.on_ledger_error == "allow"
-        self._legacy = credits.legacy_headers
-        self._balance_header = credits.balance_header
-        self._timeout = credits.timeout
-        self._hold_timeout = credits.hold_timeout
+        config = credits.config  # every option, resolved: nothing here has a default of its own
+        self._fail_open = config.faults.on_ledger_error == "allow"
+        self._legacy = config.headers.legacy_rate_limit
+        self._balance_header = config.headers.balance
+        self._timeout = config.timeout
+        self._hold_timeout = config.billing.hold_timeout
         self._migrated = credits.migrated
-        self._max_request_body = credits.max_request_body
+        self._max_request_body = config.idempotency.max_request_body
         self.outcomes = Outcomes(self.ledger, self._timeout, self.observer)
         #: keeps the leases and holds of requests still being served from lapsing
         self.keepalive = KeepAlive(self.ledger, timeout=self._timeout)
@@ -128,13 +130,12 @@ class CreditMiddleware:
             outcomes=self.outcomes,
             keepalive=self.keepalive,
             observer=self.observer,
-            billable_statuses=credits.billable_statuses,
-            refund_on_error=credits.refund_on_error,
+            billable=config.billing.billable,
             hold_timeout=self._hold_timeout,
-            idempotency_ttl=credits.idempotency_ttl,
-            leases=credits.leases,
-            max_stored_body=credits.max_stored_body,
-            balance_header=credits.balance_header,
+            idempotency_ttl=config.idempotency.ttl,
+            leases=config.leases,
+            max_stored_body=config.idempotency.max_stored_body,
+            balance_header=config.headers.balance,
         )
         self._started = False
         # account -> (tier, monotonic time to look again): a tier change (an upgrade) is

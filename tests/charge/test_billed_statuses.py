@@ -17,6 +17,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route as StarletteRoute
 
 from credit_middleware import Ledger, Provisioner
+from credit_middleware.config import Billing
 from credit_middleware.http.middleware import CreditMiddleware
 from credit_middleware.pricing import Pricing, Route
 
@@ -80,7 +81,7 @@ async def test_answers_that_served_nothing_cost_nothing(ledger: Ledger) -> None:
 
 
 async def test_billable_statuses_are_an_option(ledger: Ledger) -> None:
-    app = fastapi_app(ledger, billable_statuses=[*range(200, 300), 422])
+    app = fastapi_app(ledger, billing=Billing(statuses=[*range(200, 300), 422]))
     async with client(app) as c:
         invalid = await c.post("/v1/items/", json={"name": "x"}, headers=bearer("u"))
         not_found = await c.get("/v1/nothing", headers=bearer("u"))
@@ -116,5 +117,5 @@ def strict_routes() -> list[Route]:
 def test_bad_billable_statuses_are_refused_at_construction(statuses: list[int]) -> None:
     from credit_middleware.errors import ConfigurationError
 
-    with pytest.raises(ConfigurationError, match="billable_statuses"):
-        CreditMiddleware(FastAPI(), jwt_secret=SECRET, billable_statuses=statuses)
+    with pytest.raises(ConfigurationError, match="billing statuses"):
+        CreditMiddleware(FastAPI(), jwt_secret=SECRET, billing=Billing(statuses=statuses))

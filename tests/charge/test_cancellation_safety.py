@@ -20,6 +20,7 @@ import pytest
 from _middleware_helpers import bearer, build_app, client, middleware_of, trial_grants
 
 from credit_middleware import BackendUnavailable, InsufficientCredits, Ledger, Provisioner
+from credit_middleware.config import Limits
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,7 +124,9 @@ async def test_first_requests_over_http_cancelled_by_the_client(sqlite_url: str)
     """The same through the middleware on the embedded default: bursts of first requests
     whose clients give up at once (the request tasks are cancelled inside the app), then a
     plain request is served, not answered 503 (on the old code: 503 for good)."""
-    app = build_app(database_url=sqlite_url, default_limits=None, tiers={"trial": "100000/minute"})
+    app = build_app(
+        database_url=sqlite_url, limits=Limits(default=None), tiers={"trial": "100000/minute"}
+    )
     async with client(app) as http:
         assert (await http.get("/healthz")).status_code == 200
         for n, deadline in ((150, 0.05), (120, 0.03), (150, 0.07), (120, 0.04), (150, 0.06)):

@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from credit_middleware import Identity, Ledger, Provisioner, TrialPolicy
+from credit_middleware.config import Headers, Idempotency
 from credit_middleware.errors import BackendUnavailable
 from credit_middleware.http.middleware import FINAL_COST_STATE, CreditMiddleware
 from credit_middleware.pricing import Pricing
@@ -95,9 +96,8 @@ def build(ledger: Ledger, work: Work, **options: Any) -> Starlette:
     )
     options.setdefault("provisioner", Provisioner(ledger, options.pop("policy", None)))
     options.setdefault("tiers", {"trial": "10000/minute"})
-    app.add_middleware(
-        CreditMiddleware, jwt_secret=SECRET, pricing=pricing, max_stored_body=4096, **options
-    )
+    options.setdefault("idempotency", Idempotency(max_stored_body=4096))
+    app.add_middleware(CreditMiddleware, jwt_secret=SECRET, pricing=pricing, **options)
     return app
 
 
@@ -233,7 +233,7 @@ async def test_a_response_too_large_to_keep_is_not_served_twice(ledger: Ledger) 
 
 async def test_an_oversized_keyed_request_is_refused_and_moves_nothing(ledger: Ledger) -> None:
     work = Work()
-    app = build(ledger, work, max_request_body=1000)
+    app = build(ledger, work, idempotency=Idempotency(max_stored_body=4096, max_request_body=1000))
     async with client(app) as c:
         r = await c.post("/v1/work", content=b"z" * 1001, headers=keyed("fat"))
     assert r.status_code == 413 and r.json()["type"].endswith(":request-too-large")
@@ -510,7 +510,9 @@ async def test_concurrent_requests_right_after_a_late_trial_grant_are_served(
 
 
 async def test_a_402_carries_the_configured_balance_header(ledger: Ledger) -> None:
-    app = build(ledger, Work(), policy=TrialPolicy(amount=Decimal("0.2")), balance_header="X-Left")
+    app = build(
+        ledger, Work(), policy=TrialPolicy(amount=Decimal("0.2")), headers=Headers(balance="X-Left")
+    )
     async with client(app) as c:
         r = await c.post("/v1/work", content=b"x", headers=bearer("u1"))
     assert r.status_code == 402 and r.headers["x-left"] == "0.2"

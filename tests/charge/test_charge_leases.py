@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from credit_middleware import ConfigurationError, Credits, Ledger, Provisioner
 from credit_middleware.charge.replay import read_request
+from credit_middleware.config import Billing, Idempotency
 from credit_middleware.errors import BackendUnavailable
 from credit_middleware.http.middleware import FINAL_COST_STATE, CreditMiddleware
 from credit_middleware.ledger import ChargeSpec
@@ -142,7 +143,7 @@ async def test_a_hold_never_expires_under_a_live_handler(ledger: Ledger, clock: 
     """Issue 17 item 4: the hold is extended while the handler runs, then captured at the
     handler's price (not served free)."""
     slow = Slow()
-    app = build(ledger, slow, hold_timeout=60)
+    app = build(ledger, slow, billing=Billing(hold_timeout=60))
     async with client(app) as c:
         call = asyncio.ensure_future(c.post("/v1/held", content=b"q", headers=bearer("u1")))
         await slow.entered.wait()
@@ -160,7 +161,7 @@ async def test_a_hold_that_lapsed_anyway_is_billed_late(ledger: Ledger, clock: C
     capture still bills the call, as a debit of at most the hold, and says so."""
     slow = Slow()
     slow.final = "1.5"
-    app = build(ledger, slow, hold_timeout=60, idempotency_ttl=3600)
+    app = build(ledger, slow, billing=Billing(hold_timeout=60), idempotency=Idempotency(ttl=3600))
     async with client(app) as c:
         call = asyncio.ensure_future(c.post("/v1/held", content=b"q", headers=keyed("h")))
         await slow.entered.wait()
@@ -298,9 +299,10 @@ async def test_a_503_reversal_never_takes_back_a_charge_a_retry_serves(
 @pytest.mark.parametrize(
     "options",
     [
-        {"idempotency_ttl": 10},  # shorter than a fixed-price call's 30 s lease
-        {"idempotency_ttl": 100},  # shorter than a held call's lease (hold_timeout 300 s)
-        {"idempotency_ttl": 100, "idempotency_lease": 120},
+        {"idempotency": Idempotency(ttl=10)},  # shorter than a fixed-price call's 30 s lease
+        # shorter than a held call's lease (hold_timeout 300 s)
+        {"idempotency": Idempotency(ttl=100)},
+        {"idempotency": Idempotency(ttl=100, lease=120)},
     ],
 )
 def test_a_key_may_not_be_forgotten_before_its_lease_ends(options: dict[str, Any]) -> None:
@@ -309,5 +311,5 @@ def test_a_key_may_not_be_forgotten_before_its_lease_ends(options: dict[str, Any
 
 
 def test_a_ttl_that_covers_the_lease_is_fine() -> None:
-    Credits(idempotency_ttl=100, hold_timeout=60)
-    Credits(idempotency_ttl=100, idempotency_lease=100)
+    Credits(idempotency=Idempotency(ttl=100), billing=Billing(hold_timeout=60))
+    Credits(idempotency=Idempotency(ttl=100, lease=100))

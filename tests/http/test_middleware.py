@@ -21,6 +21,7 @@ from _middleware_helpers import (
 )
 
 from credit_middleware import Ledger, Provisioner, TrialPolicy
+from credit_middleware.config import Billing, Headers
 from credit_middleware.pricing import Pricing, Route
 
 pytestmark = pytest.mark.anyio
@@ -80,7 +81,9 @@ async def test_denied_trial_says_why(ledger: Ledger) -> None:
 
 async def test_tier_limit_gives_429_with_fields(ledger: Ledger) -> None:
     rec = Recorder()
-    app = app_for(ledger, tiers={"trial": "3/minute"}, observer=rec, legacy_headers=True)
+    app = app_for(
+        ledger, tiers={"trial": "3/minute"}, observer=rec, headers=Headers(legacy_rate_limit=True)
+    )
     async with client(app) as c:
         ok = [await c.get("/v1/echo", headers=bearer("busy")) for _ in range(3)]
         r = await c.get("/v1/echo", headers=bearer("busy"))
@@ -144,7 +147,7 @@ async def test_held_route_failing_releases_its_hold(ledger: Ledger) -> None:
     assert not await ledger.holds("h")
     assert ("release", "ok") in rec.of("ledger_op")
     assert rec.of("overhead")
-    no_refund = app_for(ledger, refund_on_error=False)
+    no_refund = app_for(ledger, billing=Billing(statuses=[*range(200, 300), *range(500, 600)]))
     async with client(no_refund) as c:
         assert (await c.get("/v1/boom", headers=bearer("h2"))).status_code == 503
     assert await balance(ledger, "h2") == Decimal("4.999")

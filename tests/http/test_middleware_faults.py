@@ -22,6 +22,7 @@ from _middleware_helpers import (
 )
 
 from credit_middleware import Ledger, Provisioner
+from credit_middleware.config import Faults
 from credit_middleware.limits.ratelimit import RateLimiter
 
 pytestmark = pytest.mark.anyio
@@ -146,7 +147,9 @@ async def test_dead_redis_local_policy_keeps_limiting(ledger: Ledger) -> None:
 
 async def test_dead_redis_refuse_policy_is_503(ledger: Ledger) -> None:
     app = build_app(
-        provisioner=Provisioner(ledger), redis_url="redis://127.0.0.1:1/0", on_redis_error="refuse"
+        provisioner=Provisioner(ledger),
+        redis_url="redis://127.0.0.1:1/0",
+        faults=Faults(on_redis_error="refuse"),
     )
     async with client(app) as c:
         for _ in range(2):
@@ -172,7 +175,7 @@ async def test_dead_database_is_503_or_unbilled_pass() -> None:
         assert (await c.get("/healthz")).status_code == 200
     await middleware_of(app).aclose()
     assert rec.of("degraded") == [("database", True)]
-    open_app = build_app(database_url=url, on_ledger_error="allow", timeout=1.0)
+    open_app = build_app(database_url=url, faults=Faults(on_ledger_error="allow"), timeout=1.0)
     async with client(open_app) as c:
         r = await c.get("/v1/echo", headers=bearer("dbdown"))
         assert r.status_code == 200

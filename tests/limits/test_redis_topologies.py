@@ -44,6 +44,7 @@ from credit_middleware import (
     close_redis,
     redis_from_url,
 )
+from credit_middleware.config import Faults, Limits
 from credit_middleware.trials.abuse import IP_TRIAL_LIMIT
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
@@ -107,12 +108,12 @@ def test_urls_are_checked_before_anything_connects() -> None:
 
 @pytest.mark.parametrize("strategy", ["moving-window", "sliding-window-counter", "fixed-window"])
 async def test_a_cluster_shares_the_limit_between_app_instances(
-    ledger: Ledger, cluster_url: str, strategy: str
+    ledger: Ledger, cluster_url: str, strategy: Any
 ) -> None:
     options: dict[str, Any] = {
         "redis_url": cluster_url,
         "tiers": {"trial": "5/minute"},
-        "strategy": strategy,
+        "limits": Limits(strategy=strategy),
         "key_prefix": f"cmtest-{strategy}-{time.time_ns()}:",
     }
     apps = [build_app(ledger=ledger, **options) for _ in range(2)]  # two "processes"
@@ -169,7 +170,7 @@ async def test_a_sentinel_failover_is_followed(ledger: Ledger, sentinel: Any) ->
         ledger=ledger,
         redis_url=f"redis+sentinel://127.0.0.1:{sentinel_port}/{SERVICE}",
         tiers={"trial": "100/minute"},
-        on_redis_error="refuse",  # so that a 200 proves Redis answered
+        faults=Faults(on_redis_error="refuse"),  # so that a 200 proves Redis answered
         observer=recorder,
     )
     async with clients(app) as (c,):
