@@ -7,9 +7,9 @@ must answer the same: allowed, which limits had room, remaining, and reset.
 
 Time: the moving window takes its timestamps from the client, so both sides read one injected
 clock. The fixed window and the sliding-window counter live in Redis TTLs (the server's clock);
-there, time is moved by rewriting every key's TTL on both sides alike (``warp``), each TTL
-rounded to the whole second it was set to, so the milliseconds that really pass between two
-calls never decide an answer.
+there, time is moved by rewriting every key's TTL on both sides alike (``warp``, before every
+step), each TTL taken back to the whole 10 s it was set to, so the milliseconds that really pass
+during a step never decide an answer (see ``SET_AT``).
 """
 
 from __future__ import annotations
@@ -37,11 +37,28 @@ from credit_middleware.limits.redis_scripts import RedisCounter
 
 pytestmark = pytest.mark.redis
 
-LIMIT_SETS = {  # windows in whole seconds; quotas small, so that sequences exhaust them
-    "moving-window": ["2/10 seconds", "1/5 seconds;3/minute", "1/second;2/10 seconds;4/minute"],
-    "fixed-window": ["2/10 seconds", "1/5 seconds;3/minute", "2/minute;3/hour"],
-    "sliding-window-counter": ["2/10 seconds", "1/5 seconds;3/minute", "3/20 seconds;5/minute"],
+#: Windows in whole multiples of UNIT (10 s) and time moved in whole UNITs, so that what decides
+#: an answer lies far (in real milliseconds) from where ``warp`` puts each TTL; quotas small, so
+#: that sequences exhaust them.
+UNIT = 10
+LIMIT_SETS = {
+    "moving-window": [
+        "2/100 seconds",
+        "1/50 seconds;3/10 minutes",
+        "1/10 seconds;2/100 seconds;4/10 minutes",
+    ],
+    "fixed-window": ["2/100 seconds", "1/50 seconds;3/10 minutes", "2/10 minutes;3/10 hours"],
+    "sliding-window-counter": [
+        "2/100 seconds",
+        "1/50 seconds;3/10 minutes",
+        "3/200 seconds;5/10 minutes",
+    ],
 }
+#: Where ``warp`` sets a TTL inside its UNIT: 0.16 of a UNIT above the whole UNIT below. The
+#: answers of the TTL strategies change where a TTL is a multiple of a window over a count (up to
+#: 6): in UNITs, at fractions 0, 1/6, 1/5, 1/4, ... The widest gap is (0, 1/6): set at 0.16, a TTL
+#: may run down 1.6 s of real time during a step (a busy CI machine) before any answer changes.
+SET_AT = 0.16
 TAGS = {"moving-window": "mw", "fixed-window": "fw", "sliding-window-counter": "swc"}
 
 
@@ -95,21 +112,21 @@ class Pair:
             assert abs(max(0, math.ceil(left)) - max(0, math.ceil(ref_left))) <= 1, (spec, s)
 
     async def warp(self, seconds: int) -> None:
-        """Move the Redis clock ``seconds`` forward for every key of both sides: each TTL is
-        rounded to its whole second, shortened (deleted when it runs out), and set 137 ms short
-        of a whole second: the real time that passes during a step (a few ms) then never moves a
-        TTL across a point where an answer changes (TTLs that are multiples of a window's
-        expiry over a count up to 6 all lie at least 29 ms away from there)."""
+        """Move the Redis clock ``seconds`` (whole UNITs) forward for every key of both sides:
+        each TTL is taken up to the whole UNIT it stands in (a step runs it down by less than
+        ``SET_AT`` of a UNIT), shortened (deleted when it runs out), and set at ``SET_AT`` of a
+        UNIT above the whole UNIT below."""
+        unit_ms = UNIT * 1000
         keys = [k async for k in self.client.scan_iter(match=f"{self.mine_prefix[:-5]}*")]
         for key in keys:
             ttl = await self.client.pttl(key)
             if ttl < 0:
                 continue
-            left = round(ttl / 1000) - seconds
+            left = math.ceil(ttl / unit_ms) - seconds // UNIT
             if left <= 0:
                 await self.client.delete(key)
             else:
-                await self.client.pexpire(key, left * 1000 - 137)
+                await self.client.pexpire(key, round((left - 1 + SET_AT) * unit_ms))
 
     async def close(self) -> None:
         keys = [k async for k in self.client.scan_iter(match=f"{self.mine_prefix[:-5]}*")]
@@ -121,7 +138,8 @@ STEP = st.tuples(
     st.integers(0, 2),  # limit set
     st.sampled_from(["alice", "alice", "bob"]),
     st.sampled_from(["*", "*", "/v1/chat"]),
-    st.sampled_from([0] * 8 + [1, 2, 4, 5, 9, 10, 11, 30, 61]),  # seconds to move first
+    # seconds to move first, in whole UNITs
+    st.sampled_from([0] * 8 + [UNIT * n for n in (1, 2, 4, 5, 9, 10, 11, 30, 61)]),
 )
 
 
